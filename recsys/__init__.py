@@ -1,0 +1,2 @@
+"""recsys: industrial recommender-systems toolkit."""
+__version__ = "0.1.0"

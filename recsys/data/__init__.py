@@ -1,0 +1,1 @@
+"""Data contract, simulator, importer and batch building."""
