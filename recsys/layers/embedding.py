@@ -1,0 +1,141 @@
+"""Shared sparse-feature embedding for every ranker, built from TorchRec modules so the trainer can shard it.
+
+- One EmbeddingCollection over the batch's `sparse` KJT: history and candidate share the item and category tables
+  (a table lists both feature names), so one lookup serves both and sharding sees one table per vocabulary.
+- One EmbeddingBagCollection over the `context` KJT (user id, request domain; pooled).
+- Optional hashed n-gram item embeddings (Over-tokenized inputs, arXiv 2501.16975): for n in `ngram.orders`,
+  id_n(t) = (x_t + x_{t-1} V + x_{t-2} V^2 ...) mod table_size over consecutive history items (positions before the
+  sequence start use id 0 = "no item"), looked up in a separate EmbeddingCollection and added to the item embedding.
+Padded outputs are left-aligned: position j < length is the j-th oldest kept event; the newest sits at length-1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig as TableConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.config import StrictModel
+from recsys.data.batch import CAND_KEYS, CONTEXT_KEYS, SEQ_KEYS, SPARSE_KEYS, BatchSpec, Candidates, RankingBatch
+
+
+class NGramConfig(StrictModel):
+    enabled: bool = False
+    orders: list[int] = Field(default_factory=lambda: [2, 3])
+    table_size: int = Field(100_003, gt=0, description="rows per n-gram table (the knob the paper scales)")
+
+
+class EmbeddingSettings(StrictModel):
+    dim: int = Field(32, gt=0, description="width of every id embedding")
+    ngram: NGramConfig = Field(default_factory=NGramConfig)
+
+
+@dataclass
+class EmbeddedBatch:
+    seq: dict[str, torch.Tensor]  # SEQ_KEYS -> [B, L, d] padded with zeros (item includes n-gram embeddings)
+    mask: torch.Tensor  # [B, L] bool, True where a real event sits
+    time_gap: torch.Tensor  # [B, L] float seconds (0 in padding)
+    lengths: torch.Tensor  # [B]
+    cand: dict[str, torch.Tensor]  # CAND_KEYS -> [B, d]
+    user: torch.Tensor  # [B, d]
+    domain: torch.Tensor  # [B, d]
+
+
+def _table_name(vocab: str) -> str:
+    return f"t_{vocab}"
+
+
+class SparseEmbedder(nn.Module):
+    def __init__(self, spec: BatchSpec, cfg: EmbeddingSettings):
+        super().__init__()
+        self.spec, self.cfg, d = spec, cfg, cfg.dim
+        tables = [
+            TableConfig(num_embeddings=spec.vocab_sizes["item"], embedding_dim=d, name=_table_name("item"), feature_names=["seq_item_id", "item_id"]),
+            TableConfig(num_embeddings=spec.vocab_sizes["category"], embedding_dim=d, name=_table_name("category"), feature_names=["seq_category", "item_category"]),
+            TableConfig(num_embeddings=spec.vocab_sizes["action"], embedding_dim=d, name=_table_name("action"), feature_names=["seq_action"]),
+            TableConfig(num_embeddings=spec.vocab_sizes["domain"], embedding_dim=d, name=_table_name("seq_domain"), feature_names=["seq_domain"]),
+        ]
+        self.ec = EmbeddingCollection(tables=tables)
+        self.ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(num_embeddings=spec.vocab_sizes["user"], embedding_dim=d, name=_table_name("user"), feature_names=["user_id"], pooling=PoolingType.SUM),
+                EmbeddingBagConfig(num_embeddings=spec.vocab_sizes["domain"], embedding_dim=d, name=_table_name("ctx_domain"), feature_names=["domain"], pooling=PoolingType.SUM),
+            ]
+        )
+        self.ngram_keys = [f"seq_ngram{n}" for n in cfg.ngram.orders] if cfg.ngram.enabled else []
+        if self.ngram_keys:
+            self.ngram_ec = EmbeddingCollection(
+                tables=[
+                    TableConfig(num_embeddings=cfg.ngram.table_size, embedding_dim=d, name=f"t_ngram{n}", feature_names=[f"seq_ngram{n}"])
+                    for n in cfg.ngram.orders
+                ]
+            )
+
+    # -- n-grams -------------------------------------------------------------------------------------------
+    def ngram_ids(self, items: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hashed n-gram ids over each sequence's consecutive items (flat, aligned with `items`)."""
+        V = self.spec.vocab_sizes["item"]
+        m = self.cfg.ngram.table_size
+        offsets = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(items.numel(), device=items.device) - torch.repeat_interleave(offsets, lengths)
+        out = {}
+        for n in self.cfg.ngram.orders:
+            h = torch.zeros_like(items)
+            mult = 1
+            for j in range(n):
+                prev = torch.roll(items, j) if j else items
+                valid = pos >= j
+                h = (h + torch.where(valid, prev + 1, torch.zeros_like(prev)) % m * (mult % m)) % m
+                mult = mult * (V + 1)
+            out[f"seq_ngram{n}"] = h
+        return out
+
+    # -- lookups -------------------------------------------------------------------------------------------
+    def forward(self, batch: RankingBatch) -> EmbeddedBatch:
+        jts = self.ec(batch.sparse)
+        B = batch.batch_size
+        lengths = batch.seq_lengths
+        L = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        seq = {k: jts[k].to_padded_dense(desired_length=L) for k in SEQ_KEYS}
+        if self.ngram_keys:
+            items = jts["seq_item_id"]
+            ids = self.ngram_ids(batch.sparse["seq_item_id"].values(), lengths)
+            kjt = KeyedJaggedTensor(
+                keys=self.ngram_keys,
+                values=torch.cat([ids[k] for k in self.ngram_keys]),
+                lengths=torch.cat([lengths] * len(self.ngram_keys)),
+            )
+            ng = self.ngram_ec(kjt)
+            for k in self.ngram_keys:
+                seq["seq_item_id"] = seq["seq_item_id"] + ng[k].to_padded_dense(desired_length=L)
+            del items
+        mask = torch.arange(L, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        gap = torch.zeros(B, L, dtype=batch.seq_time_gap.dtype, device=lengths.device)
+        gap[mask] = batch.seq_time_gap
+        cand = {k: jts[k].values().view(B, -1) for k in CAND_KEYS}
+        pooled = self.ebc(batch.context)
+        return EmbeddedBatch(seq=seq, mask=mask, time_gap=gap, lengths=lengths, cand=cand, user=pooled["user_id"], domain=pooled["domain"])
+
+    def embed_candidates(self, candidates: Candidates) -> dict[str, torch.Tensor]:
+        """[B, C] candidate ids -> CAND_KEYS -> [B, C, d] through the same (shared) tables."""
+        B, C = candidates.item_id.shape
+        n = B * C
+        dev = candidates.item_id.device
+        zeros = torch.zeros(n, dtype=torch.long, device=dev)
+        ones = torch.ones(n, dtype=torch.long, device=dev)
+        item = candidates.item_id.reshape(-1) % self.spec.vocab_sizes["item"]
+        cat = candidates.item_category.reshape(-1) % self.spec.vocab_sizes["category"]
+        kjt = KeyedJaggedTensor(
+            keys=list(SPARSE_KEYS),
+            values=torch.cat([item, cat]),
+            lengths=torch.cat([zeros] * len(SEQ_KEYS) + [ones, ones]),
+        )
+        jts = self.ec(kjt)
+        return {k: jts[k].values().view(B, C, -1) for k in CAND_KEYS}
+
+
+__all__ = ["SparseEmbedder", "EmbeddingSettings", "NGramConfig", "EmbeddedBatch", "CONTEXT_KEYS"]
