@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -142,10 +143,11 @@ def write_table(table: pa.Table, root: str | Path, name: str, part: str = "part-
         p = d / f"{part}.parquet"
         _atomic_write(table, p, compression)
         return [p]
-    days = pc.cast(pc.cast(table["ts"], pa.int64()) // 86_400_000, pa.int64())
+    # floor division in numpy (a ChunkedArray has no `//`; arrow's integer divide truncates toward zero)
+    days = table["ts"].cast(pa.int64()).to_numpy() // 86_400_000
     written = []
-    for day in pc.unique(days).to_pylist():
-        sub = table.filter(pc.equal(days, day))
+    for day in np.unique(days).tolist():
+        sub = table.filter(pa.array(days == day))
         date = dt.date(1970, 1, 1) + dt.timedelta(days=int(day))
         p = d / f"dt={date.isoformat()}" / f"{part}.parquet"
         _atomic_write(sub, p, compression)
