@@ -1,15 +1,16 @@
 """Point-in-time user sequences: the one implementation behind the offline build, replay and serving backfills.
 
 Rule (shared with the online stores): the sequence of user u at time t is u's history events (actions listed in
-FeatureConfig.history_actions) with ts STRICTLY before t, the newest L of them, ordered oldest first; events with the
-same ts keep their arrival (file) order; an event identical to an earlier one in (user, ts, item_id, action, domain)
-is a duplicate and dropped when `dedup` is on. time_gap = (t - event ts) in seconds (float32, always > 0).
+FeatureConfig.history_actions) with ts STRICTLY before t, the newest L of them, ordered oldest first. Order is the total order (ts, item_id, action, domain): equal timestamps are ordered by
+content, not by arrival, so the result never depends on file order or on the order a stream delivered events (and a
+replayed event lands exactly where it was). An event identical in (user, ts, item_id, action, domain) to another is
+a duplicate; one copy is kept when `dedup` is on. time_gap = (t - event ts) in seconds (float32, always > 0).
 
 How it is fast (PERF-NOTES.md): events are sorted once by a packed int64 key (dense user index << ts_bits | ts - ts0);
 then for any batch of (user, t) pairs, `searchsorted(key, pack(user, t), side='left')` is the end of the window
 ("strictly before" for free), start = max(user's first row, end - L), and every column is gathered with one flat
-index built from `repeat` + `arange` (no per-row Python). The sort itself is a stable `argsort` of the packed key
-(stable so that equal timestamps keep arrival order, which the online stores reproduce).
+index built from `repeat` + `arange` (no per-row Python). The sort is an `argsort` of the packed key, then only the
+rare runs of equal keys (same user and ms) are re-ordered by (item_id, action, domain) with a small lexsort.
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ class SortedHistory:
         uidx = np.searchsorted(self.users, user_ids)
         key = (uidx << self.ts_bits) | (ts - self.ts0)
         del uidx
-        perm = np.argsort(key, kind="stable")
+        perm = np.argsort(key)
         key = key[perm]
         self.item_id = np.asarray(item_id, dtype=np.int64)[perm]
         self.action = np.asarray(action, dtype=np.int8)[perm]
@@ -148,14 +149,15 @@ class SortedHistory:
         del perm
         self.key = key
         self.n_duplicates = 0
-        if dedup and n > 1:
-            self._drop_duplicates()
+        if n > 1:
+            self._order_ties(dedup)
         # first row of each dense user (users with no rows cannot occur: users come from these rows)
         self.user_start = np.searchsorted(self.key, np.arange(len(self.users), dtype=np.int64) << self.ts_bits)
         self.mask = (1 << self.ts_bits) - 1
 
-    def _drop_duplicates(self) -> None:
-        """Exact duplicates share a key (same user and ts); only rows in runs of equal keys are examined."""
+    def _order_ties(self, dedup: bool) -> None:
+        """Rows sharing a key (same user and ts) are put in (item_id, action, domain) order; exact duplicates, which
+        then sit next to each other, are dropped when `dedup`. Only rows inside runs of equal keys are touched."""
         tie = self.key[1:] == self.key[:-1]
         if not tie.any():
             return
@@ -165,14 +167,21 @@ class SortedHistory:
         rows = np.flatnonzero(in_run)
         run_id = np.cumsum(np.concatenate([[True], ~tie]))[rows]
         order = np.lexsort((self.domain[rows], self.action[rows], self.item_id[rows], run_id))
-        r, ro = rows[order], run_id[order]
-        same = ((ro[1:] == ro[:-1]) & (self.item_id[r[1:]] == self.item_id[r[:-1]])
-                & (self.action[r[1:]] == self.action[r[:-1]]) & (self.domain[r[1:]] == self.domain[r[:-1]]))
+        r = rows[order]  # the run's rows in canonical order; written back into the run's own slots
+        for name in ("item_id", "action", "domain"):
+            col = getattr(self, name)
+            col[rows] = col[r]
+        for v in self.attrs.values():
+            v[rows] = v[r]
+        if not dedup:
+            return
+        same = np.zeros(len(self.key), dtype=bool)
+        same[1:] = tie & (self.item_id[1:] == self.item_id[:-1]) & (self.action[1:] == self.action[:-1]) \
+            & (self.domain[1:] == self.domain[:-1])
         if not same.any():
             return
-        keep = np.ones(len(self.key), dtype=bool)
-        keep[r[1:][same]] = False  # lexsort is stable: the earliest arrival of each duplicate group is kept
-        self.n_duplicates = int((~keep).sum())
+        keep = ~same
+        self.n_duplicates = int(same.sum())
         self.key = self.key[keep]
         self.item_id, self.action, self.domain = self.item_id[keep], self.action[keep], self.domain[keep]
         self.attrs = {k: v[keep] for k, v in self.attrs.items()}

@@ -7,7 +7,7 @@ handed through a bounded queue to `writer_threads` writer threads (the parquet e
 the sorted history (~30 bytes per history event) plus at most writer_threads + 2 chunks in flight
 (~chunk_size * mean sequence length * 30 bytes each): the chunk size, not the number of impressions, sets the rest.
 
-Output: OUT/training/part-NNNNN.parquet, one file per chunk, in impression time order (ties: user, file order), so
+Output: OUT/training/part-NNNNN.parquet, one file per chunk, in impression time order (ties: user, then file order), so
 the table is reproducible and does not depend on thread timing; files are written into OUT/training.partial and
 the directory is renamed into place at the end (a crashed build never looks finished). A summary is written to
 OUT/training.json. Extra attribute columns (item_<a>, seq_<a>, user_<a>) follow the contract columns.

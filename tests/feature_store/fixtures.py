@@ -73,11 +73,12 @@ def write_data(root, events: pa.Table, items: pa.Table, parts: int = 2) -> None:
 
 def reference_sequences(events: pa.Table, items: pa.Table, user: int, t: int, L: int,
                         history=(1, 2, 3, 4)) -> list[tuple]:
-    """Naive: python rows of the user's history with ts < t, stable by ts, exact duplicates dropped, newest L."""
+    """Naive: python rows of the user's history with ts < t, sorted by (ts, item, action, domain), exact duplicates
+    dropped, newest L."""
     cat = dict(zip(items["item_id"].to_pylist(), items["category"].to_pylist()))
     rows = events.to_pylist()
     seen, out = set(), []
-    for r in rows:  # file order = arrival order
+    for r in rows:
         if r["user_id"] != user or r["action"] not in history:
             continue
         ms = int(r["ts"].timestamp() * 1000)
@@ -87,5 +88,5 @@ def reference_sequences(events: pa.Table, items: pa.Table, user: int, t: int, L:
         seen.add(ident)
         if ms < t:
             out.append((ms, r["item_id"], cat[r["item_id"]], r["action"], r["domain"]))
-    out.sort(key=lambda x: x[0])  # stable: ties keep arrival order
+    out.sort(key=lambda x: (x[0], x[1], x[3], x[4]))
     return out[-L:] if L else []
