@@ -48,11 +48,11 @@ def doctor() -> None:
 @user_errors
 def data_simulate(
     out: Path = typer.Option(..., help="Output data directory."),
-    users: int = typer.Option(2000, help="Number of users."),
-    items: int = typer.Option(5000, help="Number of items (catalogue at the end of the period)."),
-    days: int = typer.Option(7, help="Days of logs."),
-    domains: int = typer.Option(3, help="Number of domains (scenarios)."),
-    seed: int = typer.Option(0, help="Random seed (same seed -> identical files)."),
+    users: Optional[int] = typer.Option(None, help="Number of users (default 2000, or the --config file's)."),
+    items: Optional[int] = typer.Option(None, help="Number of items (catalogue at the end of the period) (default 5000)."),
+    days: Optional[int] = typer.Option(None, help="Days of logs (default 7)."),
+    domains: Optional[int] = typer.Option(None, help="Number of domains (scenarios) (default 3)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (same seed -> identical files) (default 0)."),
     config: Optional[Path] = typer.Option(None, help="YAML with the simulator's remaining knobs."),
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
@@ -60,9 +60,15 @@ def data_simulate(
     from recsys.config import load_config
     from recsys.data.simulator import SimulatorConfig, simulate
 
-    overrides = [f"users={users}", f"items={items}", f"days={days}", f"domains={domains}", f"seed={seed}"] + list(set_ or [])
+    # only the options given override the config file (and --set overrides them all)
+    given = {"users": users, "items": items, "days": days, "domains": domains, "seed": seed}
+    overrides = [f"{k}={v}" for k, v in given.items() if v is not None] + list(set_ or [])
     cfg = load_config(SimulatorConfig, config, overrides)
-    simulate(cfg, out)
+    c = simulate(cfg, out)["counts"]
+    typer.echo(
+        f"wrote {c['events']:,} events ({c['impressions']:,} impressions, CTR {c['impression_ctr']:.3f}), "
+        f"{c['requests']:,} requests, longest user sequence {c['max_user_sequence']:,} to {out}"
+    )
 
 
 @data_app.command("import")
@@ -77,6 +83,10 @@ def data_import(
     from recsys.data.importer import import_log
 
     report = import_log(source, format, map, out)
+    typer.echo(
+        f"imported {report.valid_rows:,} rows ({report.rejected_rows:,} rejected -> {report.rejects_path}, "
+        f"{report.duplicates_dropped:,} duplicates dropped; timestamps: {report.ts_format}) to {out}"
+    )
     if report.valid_rows == 0:
         typer.secho(f"error: no valid rows in {source} ({report.rejected_rows} rejected, see {report.rejects_path})", fg="red", err=True)
         raise typer.Exit(1)
@@ -139,13 +149,24 @@ def export(
 @user_errors
 def replay(
     logs: Path = typer.Option(..., help="Logged data directory (events with impressions + requests)."),
-    policy_a: str = typer.Option(..., "--policy-a", help="Policy SPEC (see `recsys replay --help-specs`)."),
-    policy_b: str = typer.Option(..., "--policy-b", help="Policy SPEC."),
+    policy_a: str = typer.Option(..., "--policy-a", help="Policy SPEC: SOURCE\\[@RULE] (grammar below)."),
+    policy_b: str = typer.Option(..., "--policy-b", help="Policy SPEC: SOURCE\\[@RULE]."),
     out: Path = typer.Option(..., help="Report directory (HTML, markdown, JSON)."),
     config: Optional[Path] = typer.Option(None, help="Replay YAML (default configs/replay.yaml)."),
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Offline A/B: off-policy estimates of two policies on logged data, with intervals and a report."""
+    """Offline A/B: off-policy estimates of two policies on logged data, with intervals and a report.
+
+    \b
+    SPEC := SOURCE\\[@RULE]
+    SOURCE: logging | uniform | random\\[:SEED] | popularity | oracle:truth
+            | scores:PATH (parquet: request_id, item_id, score) | ranker:MODEL_DIR (`recsys export` output)
+    RULE:   softmax(temperature=T) | epsilon_greedy(epsilon=E, k=K) | greedy
+            (logging and uniform take no rule; others default to the config's default_rule)
+    \b
+    Example: recsys replay --logs data --policy-a 'ranker:runs/x/export@softmax(temperature=0.5)'
+             --policy-b logging --out report
+    """
     from pipelines.replay_ab import run_replay
 
     run_replay(logs, policy_a, policy_b, out, config=config, overrides=set_)

@@ -158,3 +158,27 @@ def write_table(table: pa.Table, root: str | Path, name: str, part: str = "part-
 def ts_from_ms(values) -> pa.Array:
     """int64 milliseconds since the epoch -> the contract's timestamp type."""
     return pa.array(values, type=pa.int64()).cast(TS)
+
+
+def prepare_output_dir(out: str | Path, marker: str, owned: Sequence[str]) -> None:
+    """Make `out` ready for a writer that owns the entries `owned` and leaves `marker` behind when done.
+
+    Partitioned tables are written part by part, so stale partitions of an earlier run would silently mix with
+    the new ones. A directory that a previous run of the same writer produced (it holds `marker`) is cleared of
+    the owned entries; a directory holding data but no marker is someone else's and is refused.
+    """
+    import shutil
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: output path exists and is not a directory")
+    present = [name for name in owned if (out / name).exists()]
+    if present and not (out / marker).exists():
+        raise DataError(f"{out}: already holds {', '.join(present)} not written by this command; choose an empty directory")
+    for name in present + [marker]:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
