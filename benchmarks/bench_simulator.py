@@ -59,8 +59,9 @@ def bench_kernel(cfg) -> dict:
     exp = sim._Exposure(cfg, w, w.start_ms)
     s = w.interest(cfg)
     t = time.perf_counter()
-    bu, bdom, _, _ = sim._browse(cfg, rng, w, exp, s, float(cfg.slots_per_day))  # a day of browsing in one call
+    got = [sim._browse(cfg, rng, w, exp, s, 1.0) for _ in range(cfg.slots_per_day)]  # a day, slot by slot as simulate does
     vec_s = time.perf_counter() - t
+    bu, bdom = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
     n_naive = min(bu.size, 20_000)
     t = time.perf_counter()
     naive_browse(cfg, rng, w, exp, s, bu[:n_naive], bdom[:n_naive])

@@ -6,8 +6,9 @@ Why: users arrive with their own logs; everything downstream reads only the cont
 - validates every value vectorised with pyarrow.compute; a value that does not convert (bad timestamp, missing id,
   non-UTF-8 bytes, unknown action, ...) sends its row to DIR/rejects.parquet with the reason, and is counted;
   rows with the wrong number of fields (CSV/TSV) are rejected the same way;
-- re-encodes user and item ids (strings or ints) to dense int64 in order of first appearance after sorting, and
-  saves the vocabularies (DIR/vocab/<field>.parquet: id int64, raw); a non-integer domain is encoded likewise;
+- re-encodes user and item ids (strings or ints) to dense int64 in the sorted order of the raw values (so the
+  (ts, raw user) sort is also the (ts, user_id) sort), and saves the vocabularies (DIR/vocab/<field>.parquet:
+  id int64, raw); a non-integer domain and a mapped category are encoded likewise;
 - detects per column whether timestamps are epoch seconds / ms / us / ns (by magnitude) or ISO-8601 strings
   (with or without a zone offset; naive times are taken as UTC);
 - sorts by (ts, user_id) and drops exact duplicate rows, then writes events (dt= partitions), items (first seen
@@ -275,10 +276,14 @@ def _nullable_string(arr: pa.Array, name: str, rows: _Rows) -> pa.Array:
     return pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
 
 
-def _encode(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Dense ids in order of first appearance and the vocabulary (raw values, index = id)."""
-    enc = pc.dictionary_encode(values).combine_chunks() if isinstance(values, pa.ChunkedArray) else pc.dictionary_encode(values)
-    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64), enc.dictionary
+def _encode(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dense ids in the sorted order of the raw values (so sorting by raw value = sorting by id) + the vocabulary."""
+    vocab = pc.unique(values)
+    vocab = vocab.take(pc.sort_indices(vocab))
+    ids = pc.index_in(values, value_set=vocab)
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64), vocab
 
 
 def _write_vocab(out: Path, name: str, raw: pa.Array) -> None:
@@ -452,9 +457,7 @@ def import_log(source: str | Path, format: str, mapping: str, out: str | Path) -
     )
     write_table(events, out, "events")
     # items: first seen domain and time (rows are time-sorted), category if mapped
-    # ids were assigned in order of first appearance: a first occurrence is an id above every earlier one
-    prev_max = np.maximum.accumulate(np.concatenate([[-1], item_id[:-1]]))
-    first = np.flatnonzero(item_id > prev_max)
+    first = np.unique(item_id, return_index=True)[1]  # rows are time-sorted: an item's first row is its first event
     if category_raw is not None:
         cat_codes, cvocab = _encode(pc.fill_null(t.column("category_raw"), "").combine_chunks())
         _write_vocab(out, "category", cvocab)

@@ -170,3 +170,37 @@ def test_rerun_replaces_its_own_output_and_refuses_foreign_data(tmp_path):
 
     with pytest.raises(DataError, match="not written by this command"):
         simulate(small_config("users=30", "items=200"), foreign)
+
+
+def test_recent_history_predicts_true_ctr_better_than_whole_history(small_sim):
+    """The property sequence models exploit: the last items engaged with say more about the true click logit than
+    the mean of the whole history (interests drift and switch topic)."""
+    root, _ = small_sim
+    ev = read_table(root, "events", columns=["ts", "user_id", "item_id", "action", "request_id"])
+    F = np.load(root / "truth" / "item_factors.npy").astype(np.float64)
+    a, u, it = ev.column("action").to_numpy(), ev.column("user_id").to_numpy(), ev.column("item_id").to_numpy()
+    ts = ev.column("ts").cast("int64").to_numpy()
+    eng = a != int(Action.IMPRESSION)
+    key = (u[eng] << 42) | ts[eng]
+    order = np.argsort(key, kind="stable")
+    key, f = key[order], F[it[eng][order]]
+    csum = np.vstack([np.zeros((1, F.shape[1])), np.cumsum(f, axis=0)])
+    imp = ~eng
+    end = np.searchsorted(key, (u[imp] << 42) | ts[imp], side="left")  # strictly before the impression
+    first = np.searchsorted(key, u[imp] << 42, side="left")
+    req = read_table(root, "requests", columns=["request_id", "candidate_item_ids"])
+    true_ctr = pq.read_table(root / "truth" / "request_ctr" / "part-0.parquet").column("true_ctr").to_pylist()
+    cand = np.array(req.column("candidate_item_ids").to_pylist())
+    rid = ev.column("request_id").to_numpy(zero_copy_only=False)[imp].astype(np.int64)
+    col = (cand[rid] == it[imp][:, None]).argmax(axis=1)
+    p = np.array(true_ctr)[rid, col]
+    logit = np.log(p / (1 - p))
+    ok = end - first >= 50
+    assert ok.sum() > 200
+
+    def corr(start):
+        mean = (csum[end] - csum[start]) / np.maximum(end - start, 1)[:, None]
+        return np.corrcoef((mean * F[it[imp]]).sum(axis=1)[ok], logit[ok])[0, 1]
+
+    recent, whole = corr(np.maximum(first, end - 20)), corr(first)
+    assert recent > whole + 0.05, (recent, whole)
