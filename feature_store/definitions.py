@@ -56,6 +56,9 @@ class FeatureConfig(StrictModel):
     user_attributes: list[str] = Field(default_factory=list)
     # Impressions per chunk: sets the memory of the offline build (about chunk_size * L * 30 bytes per chunk in flight).
     chunk_size: int = Field(default=50_000, ge=1)
+    # Users are processed in this many shards (user_id & (shards-1)), one pass over the events each: the sorted
+    # history in memory is then ~1/shards of all history events, so memory stays bounded as the data grows.
+    user_shards: int = Field(default=1, ge=1)
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     writer_threads: int = Field(default=2, ge=1, le=16)
     # Items missing from the items table: "error" fails naming the ids; "fill" uses unknown_item_value.
@@ -89,6 +92,8 @@ class FeatureConfig(StrictModel):
             vals = getattr(self, name)
             if len(set(vals)) != len(vals):
                 raise ValueError(f"{name} has duplicates: {vals}")
+        if self.user_shards & (self.user_shards - 1):
+            raise ValueError(f"user_shards must be a power of two, got {self.user_shards}")
         if self.chunk_size * self.max_len >= 2**31:
             raise ValueError(
                 f"chunk_size * max_len = {self.chunk_size * self.max_len} must stay below 2**31 (int32 list offsets)"

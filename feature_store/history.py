@@ -43,7 +43,7 @@ class Sequences:
     action: np.ndarray  # int8
     domain: np.ndarray  # int32
     time_gap: np.ndarray  # float32 seconds
-    ts: np.ndarray  # int64 ms (event times; not a training column, handy for checks)
+    ts: np.ndarray | None  # int64 ms event times (not a training column; None when the builder skipped it)
     attrs: dict[str, np.ndarray] = field(default_factory=dict)  # extra item attributes along the sequence
 
     def __len__(self) -> int:
@@ -55,7 +55,8 @@ class Sequences:
 
     def row(self, i: int) -> dict[str, np.ndarray]:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        out = {k: getattr(self, k)[a:b] for k in ("item_id", "category", "action", "domain", "time_gap", "ts")}
+        out = {k: getattr(self, k)[a:b] for k in ("item_id", "category", "action", "domain", "time_gap", "ts")
+               if getattr(self, k) is not None}
         out.update({k: v[a:b] for k, v in self.attrs.items()})
         return out
 
@@ -211,28 +212,42 @@ class SortedHistory:
         lens = np.where(known, end - start, 0)
         return start, lens
 
-    def gather(self, starts: np.ndarray, lens: np.ndarray, cutoff_ts: np.ndarray) -> Sequences:
-        """The events of the given windows, flat, with time gaps against each row's cutoff."""
+    def gather(self, starts: np.ndarray, lens: np.ndarray, cutoff_ts: np.ndarray, user_ids: np.ndarray | None = None,
+               with_ts: bool = True) -> Sequences:
+        """The events of the given windows, flat, with time gaps against each row's cutoff.
+
+        The gap is computed on packed keys: pack(user, cutoff) - key = cutoff - ts for rows of the same user, so one
+        repeat and one subtraction replace unpacking the timestamps (the offline build skips `ts` entirely)."""
         idx, offsets = flat_index(starts, lens)
-        ts = self.key.take(idx)
-        ts &= self.mask
-        gap = np.repeat(np.asarray(cutoff_ts, dtype=np.int64) - self.ts0, lens)
-        gap -= ts
-        ts += self.ts0
+        cutoff = np.asarray(cutoff_ts, dtype=np.int64)
+        if user_ids is None:  # only the gaps need the user: recover the dense index from the window start
+            uidx = np.searchsorted(self.user_start, starts, side="right") - 1
+        else:
+            uidx = np.minimum(np.searchsorted(self.users, np.asarray(user_ids, dtype=np.int64)), max(len(self.users) - 1, 0))
+        qkey = (uidx.astype(np.int64) << self.ts_bits) + (cutoff - self.ts0)
+        gap_ms = np.repeat(qkey, lens)
+        gap_ms -= self.key.take(idx)
+        time_gap = gap_ms.astype(np.float32)
+        time_gap *= np.float32(0.001)
+        ts = None
+        if with_ts:
+            ts = np.repeat(cutoff, lens)
+            ts -= gap_ms
+        del gap_ms
         return Sequences(
             offsets=offsets,
             item_id=self.item_id.take(idx),
             category=self.attrs["category"].take(idx) if "category" in self.attrs else np.zeros(len(idx), np.int64),
             action=self.action.take(idx),
             domain=self.domain.take(idx),
-            time_gap=gap.astype(np.float32) * np.float32(0.001),
+            time_gap=time_gap,
             ts=ts,
             attrs={k: v.take(idx) for k, v in self.attrs.items() if k != "category"},
         )
 
-    def sequences(self, user_ids: np.ndarray, cutoff_ts: np.ndarray, max_len: int) -> Sequences:
+    def sequences(self, user_ids: np.ndarray, cutoff_ts: np.ndarray, max_len: int, with_ts: bool = True) -> Sequences:
         starts, lens = self.window(user_ids, cutoff_ts, max_len)
-        return self.gather(starts, lens, cutoff_ts)
+        return self.gather(starts, lens, cutoff_ts, user_ids, with_ts)
 
 
 def _ts_ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -4,11 +4,14 @@ Design (PERF-NOTES.md, measured fastest here): history events are sorted once (f
 impressions are processed in chunks of `chunk_size` in time order; per chunk one `searchsorted` finds every window,
 one flat gather fills every sequence column, `pa.ListArray.from_arrays` wraps them without a copy, and the chunk is
 handed through a bounded queue to `writer_threads` writer threads (the parquet encoder releases the GIL). Memory is
-the sorted history (~30 bytes per history event) plus at most writer_threads + 2 chunks in flight
-(~chunk_size * mean sequence length * 30 bytes each): the chunk size, not the number of impressions, sets the rest.
+the sorted history (~30 bytes per history event, divided by `user_shards`) plus at most writer_threads + 2 chunks in
+flight (~chunk_size * mean sequence length * 30 bytes each). The number of impressions never matters; the number of
+history events matters only through the history term, which `user_shards` (one pass over the events per shard,
+users split by user_id & (shards-1)) divides, so memory stays bounded at any data size.
 
-Output: OUT/training/part-NNNNN.parquet, one file per chunk, in impression time order (ties: user, then file order), so
-the table is reproducible and does not depend on thread timing; files are written into OUT/training.partial and
+Output: OUT/training/part-NNNNN.parquet (part-SSSS-NNNNN with shards), one file per chunk, in impression time order
+(ties: user, then file order; with shards: time order within each shard), so the table is reproducible and does
+not depend on thread timing; files are written into OUT/training.partial and
 the directory is renamed into place at the end (a crashed build never looks finished). A summary is written to
 OUT/training.json. Extra attribute columns (item_<a>, seq_<a>, user_<a>) follow the contract columns.
 """
@@ -61,10 +64,22 @@ def read_attributes(root: str | Path, name: str, key: str, extra: list[str]) -> 
     return np.concatenate(ids), {a: np.concatenate(v) for a, v in cols.items()}
 
 
-def load_history(data_dir: str | Path, cfg: FeatureConfig, items: ItemAttributes) -> SortedHistory:
+def _shard_filter(shard: tuple[int, int] | None) -> pc.Expression | None:
+    if shard is None or shard[1] == 1:
+        return None
+    return pc.equal(pc.bit_wise_and(pc.field("user_id"), shard[1] - 1), shard[0])
+
+
+def _and(a: pc.Expression, b: pc.Expression | None) -> pc.Expression:
+    return a if b is None else a & b
+
+
+def load_history(data_dir: str | Path, cfg: FeatureConfig, items: ItemAttributes,
+                 shard: tuple[int, int] | None = None) -> SortedHistory:
+    """History events (of users in `shard` = (k, n): user_id & (n-1) == k), sorted once."""
     codes = pa.array(cfg.history_codes, type=pa.int8())
     ev = read_table(data_dir, "events", columns=["ts", "user_id", "item_id", "domain", "action"],
-                    filter=pc.is_in(pc.field("action"), codes))
+                    filter=_and(pc.is_in(pc.field("action"), codes), _shard_filter(shard)))
     item = ev["item_id"].to_numpy()
     attrs = {a: items.lookup(a, item, cfg.on_unknown_item, cfg.unknown_item_value, source=f"{data_dir}/events")
              for a in cfg.seq_item_attributes}
@@ -73,10 +88,11 @@ def load_history(data_dir: str | Path, cfg: FeatureConfig, items: ItemAttributes
     return SortedHistory(user, ts, item, action, domain, attrs, dedup=cfg.dedup)
 
 
-def load_impressions(data_dir: str | Path) -> pa.Table:
-    """Impression rows in time order (ties by user, then file order)."""
+def load_impressions(data_dir: str | Path, shard: tuple[int, int] | None = None) -> pa.Table:
+    """Impression rows (of users in `shard`) in time order (ties by user, then file order)."""
     imp = read_table(data_dir, "events", columns=IMPRESSION_COLUMNS + ["action"],
-                     filter=pc.equal(pc.field("action"), pa.scalar(int(Action.IMPRESSION), pa.int8())))
+                     filter=_and(pc.equal(pc.field("action"), pa.scalar(int(Action.IMPRESSION), pa.int8())),
+                                 _shard_filter(shard)))
     imp = imp.select(IMPRESSION_COLUMNS)
     if imp["label"].null_count:
         raise DataError(f"{data_dir}/events: {imp['label'].null_count} impression rows have a null 'label' "
@@ -106,20 +122,20 @@ class _Writers:
                 return
             if self.error is not None:
                 continue  # drain after a failure so the producer never blocks
-            idx, table = item
+            name, table = item
             try:
-                pq.write_table(table, self.out / f"part-{idx:05d}.parquet", compression=self.compression)
+                pq.write_table(table, self.out / f"{name}.parquet", compression=self.compression)
                 with self.lock:
                     self.rows += table.num_rows
             except BaseException as e:  # surfaced to the producer
                 self.error = e
 
-    def put(self, idx: int, table: pa.Table) -> None:
+    def put(self, name: str, table: pa.Table) -> None:
         while True:
             if self.error is not None:
                 raise self.error
             try:
-                self.q.put((idx, table), timeout=0.5)
+                self.q.put((name, table), timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -158,7 +174,7 @@ def _chunk_table(imp: pa.Table, seqs, cand_attrs: dict[str, np.ndarray], user_at
     return pa.Table.from_pydict(cols, schema=pa.schema(fields))
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int | None, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="imp", unit_scale=True, desc="training table", disable=not enabled, mininterval=1.0)
@@ -174,35 +190,48 @@ def build_training_table(data_dir: str | Path, out_dir: str | Path, cfg: Feature
     if cfg.user_attributes:
         user_ids, user_vals = read_attributes(data_dir, "users", "user_id", cfg.user_attributes)
         users = ItemAttributes(user_ids, user_vals)
-    hist = load_history(data_dir, cfg, items)
-    imp = load_impressions(data_dir)
-    t_load = time.perf_counter() - t0
-
+    shards = cfg.user_shards
     final = out_dir / "training"
     partial = out_dir / "training.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    n = imp.num_rows
-    n_chunks = (n + cfg.chunk_size - 1) // cfg.chunk_size
     writers = _Writers(partial, cfg.writer_threads, cfg.compression)
-    total_len = full = 0
-    bar = _progress(n, cfg.progress and n > 0)
+    n = n_hist = n_dup = n_users = total_len = full = files = 0
+    t_load = 0.0
+    bar = _progress(None if shards > 1 else 0, cfg.progress)
     try:
-        for c in range(max(n_chunks, 1)):
-            sl = imp.slice(c * cfg.chunk_size, cfg.chunk_size)
-            user = sl["user_id"].to_numpy()
-            ts = _ts_ms(sl["ts"])
-            seqs = hist.sequences(user, ts, cfg.max_len)
-            lens = seqs.lengths
-            total_len += int(lens.sum())
-            full += int((lens == cfg.max_len).sum())
-            cand_item = sl["item_id"].to_numpy()
-            cand = {a: items.lookup(a, cand_item, cfg.on_unknown_item, cfg.unknown_item_value,
-                                    source=f"{data_dir}/events (impressions)") for a in cfg.item_attributes}
-            uattrs = {a: users.lookup(a, user, "fill", 0, source="users") for a in cfg.user_attributes} if users else {}
-            writers.put(c, _chunk_table(sl, seqs, cand, uattrs))
-            del seqs, sl
-            bar.update(len(user))
+        for k in range(shards):
+            t1 = time.perf_counter()
+            shard = (k, shards) if shards > 1 else None
+            hist = load_history(data_dir, cfg, items, shard)
+            imp = load_impressions(data_dir, shard)
+            t_load += time.perf_counter() - t1
+            if shards == 1:
+                bar.reset(total=imp.num_rows)
+            n_hist, n_dup, n_users = n_hist + len(hist), n_dup + hist.n_duplicates, n_users + len(hist.users)
+            n_chunks = (imp.num_rows + cfg.chunk_size - 1) // cfg.chunk_size
+            if imp.num_rows == 0 and (k < shards - 1 or files):
+                continue
+            for c in range(max(n_chunks, 1)):  # an empty table still gets one (empty) part file
+                sl = imp.slice(c * cfg.chunk_size, cfg.chunk_size)
+                user = sl["user_id"].to_numpy()
+                ts = _ts_ms(sl["ts"])
+                seqs = hist.sequences(user, ts, cfg.max_len, with_ts=False)
+                lens = seqs.lengths
+                total_len += int(lens.sum())
+                full += int((lens == cfg.max_len).sum())
+                cand_item = sl["item_id"].to_numpy()
+                cand = {a: items.lookup(a, cand_item, cfg.on_unknown_item, cfg.unknown_item_value,
+                                        source=f"{data_dir}/events (impressions)") for a in cfg.item_attributes}
+                uattrs = ({a: users.lookup(a, user, "fill", cfg.unknown_item_value, source="users")
+                           for a in cfg.user_attributes} if users else {})
+                name = f"part-{c:05d}" if shards == 1 else f"part-{k:04d}-{c:05d}"
+                writers.put(name, _chunk_table(sl, seqs, cand, uattrs))
+                files += 1
+                n += len(user)
+                del seqs, sl
+                bar.update(len(user))
+            del hist, imp
         writers.close()
     except BaseException:
         bar.close()
@@ -218,13 +247,14 @@ def build_training_table(data_dir: str | Path, out_dir: str | Path, cfg: Feature
     secs = time.perf_counter() - t0
     summary = {
         "impressions": n,
-        "history_events": len(hist),
-        "duplicates_dropped": hist.n_duplicates,
-        "users_with_history": len(hist.users),
+        "history_events": n_hist,
+        "duplicates_dropped": n_dup,
+        "users_with_history": n_users,
+        "user_shards": shards,
         "max_len": cfg.max_len,
         "mean_seq_len": total_len / n if n else 0.0,
         "full_fraction": full / n if n else 0.0,
-        "files": max(n_chunks, 1),
+        "files": files,
         "chunk_size": cfg.chunk_size,
         "load_seconds": round(t_load, 3),
         "seconds": round(secs, 3),

@@ -5,11 +5,13 @@ Layout (prefix = online.key_prefix):
   big-endian ts (8), item_id (8), action (1), domain (4), each with its sign bit flipped so that byte order equals
   numeric order. Members with equal scores sort by bytes, i.e. by (item_id, action, domain): exactly the canonical
   order of feature_store.history, and an exact duplicate is the same member, so ZADD drops it by itself.
-- `<prefix>:item:<attr>` hash item_id -> attribute value (decimal).
+- `<prefix>:item:<attr>` hash: field = the member's 8 item_id bytes, value = the attribute as big-endian int64.
 An append is one MULTI/EXEC pipeline (one round trip, atomic for the whole batch): per user ZADD of its events and
-ZREMRANGEBYRANK to keep the newest L. A get is one pipeline of a small Lua script per user that returns the newest L
-members with score < request_ts concatenated into one bulk string (ZREVRANGEBYSCORE ... LIMIT), decoded with numpy
-without per-event Python; item attributes come from one HMGET per attribute over the distinct ids.
+ZREMRANGEBYRANK to keep the newest L. A get is one pipeline of a small Lua script per user that takes the newest L
+members with score < request_ts (ZREVRANGEBYSCORE ... LIMIT), looks their item attributes up with one HMGET per
+attribute (attributes are read at get time, like the offline join), and returns members and attribute values
+concatenated into one bulk string, decoded with numpy without per-event Python. (The script touches the user's key
+and the item hashes: fine on one server; on Redis Cluster they would need a common hash tag.)
 Durability is the server's: acknowledged events survive a server crash only with appendonly yes +
 appendfsync always; the connection URL picks the server.
 """
@@ -30,8 +32,25 @@ _UNSIGNED = {"ts": np.uint64, "item_id": np.uint64, "action": np.uint8, "domain"
 
 GET_LUA = """
 local m = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '-inf', 'LIMIT', 0, tonumber(ARGV[2]))
-return table.concat(m)
+local n = #m
+if n == 0 or #KEYS == 1 then return table.concat(m) end
+local ids = {}
+for i = 1, n do ids[i] = string.sub(m[i], 9, 16) end
+local vals = {}
+for a = 2, #KEYS do vals[a] = redis.call('HMGET', KEYS[a], unpack(ids)) end
+local out = {}
+for i = 1, n do
+  out[#out + 1] = m[i]
+  for a = 2, #KEYS do out[#out + 1] = vals[a][i] or ARGV[3] end
+end
+return table.concat(out)
 """
+
+
+def _flip_ids(ids: np.ndarray) -> list[bytes]:
+    """Item ids as the 8 bytes they have inside a member (hash field names)."""
+    b = (np.asarray(ids, dtype=np.int64).view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8").tobytes()
+    return [b[i * 8:(i + 1) * 8] for i in range(len(ids))]
 
 
 def encode(rows: np.ndarray) -> bytes:
@@ -42,8 +61,9 @@ def encode(rows: np.ndarray) -> bytes:
     return m.tobytes()
 
 
-def decode(blob: bytes) -> np.ndarray:
-    m = np.frombuffer(blob, dtype=MEMBER)
+def decode(blob: bytes | np.ndarray) -> np.ndarray:
+    """Members (bytes, or a structured array with MEMBER's fields) -> EVENT_DTYPE rows."""
+    m = np.frombuffer(blob, dtype=MEMBER) if isinstance(blob, bytes) else blob
     rec = np.empty(len(m), EVENT_DTYPE)
     for f in MEMBER.names:
         u = (m[f] ^ _FLIP[f]).astype(_UNSIGNED[f])
@@ -68,6 +88,9 @@ class RedisOnlineStore(OnlineStore):
 
     def _seq_key(self, user: int) -> str:
         return f"{self.prefix}:seq:{user}"
+
+    def _item_key(self, attr: str) -> str:
+        return f"{self.prefix}:item:{attr}"
 
     def append(self, events: Any) -> int:
         batch = validate_events(events, self.history_codes)
@@ -106,29 +129,35 @@ class RedisOnlineStore(OnlineStore):
 
     def get_sequences(self, user_ids: Any, request_ts: Any) -> Sequences:
         users, cutoff = request_times(user_ids, request_ts)
+        attr_keys = [self._item_key(a) for a in self.seq_attributes]
+        default = np.array([self.unknown_item_value], dtype=">i8").tobytes()
+
         def build(pipe):
             for u, t in zip(users.tolist(), cutoff.tolist()):
-                pipe.evalsha(self._get_sha, 1, self._seq_key(u), t, self.max_len)
+                pipe.evalsha(self._get_sha, 1 + len(attr_keys), self._seq_key(u), *attr_keys, t, self.max_len, default)
 
         blobs = self._run(build)
-        parts = [decode(b)[::-1] for b in blobs]  # newest first on the wire
-        item_ids = np.concatenate([p["item_id"] for p in parts]) if parts else np.empty(0, np.int64)
-        attrs = self._lookup(item_ids, self.seq_attributes)[0]
+        row = np.dtype(MEMBER.descr + [(f"a{i}", ">i8") for i in range(len(attr_keys))])
+        recs = [np.frombuffer(b, dtype=row)[::-1] for b in blobs]  # newest first on the wire
+        parts = [decode(r) for r in recs]
+        flat = np.concatenate(recs) if recs else np.empty(0, row)
+        attrs = {a: flat[f"a{i}"].astype(np.int64) for i, a in enumerate(self.seq_attributes)}
         return assemble(parts, cutoff, attrs)
 
     def _lookup(self, ids: np.ndarray, attributes: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        uniq, inv = np.unique(ids, return_inverse=True)
-        if len(uniq) == 0:
+        if len(ids) == 0:
             return {a: np.empty(0, np.int64) for a in attributes}, np.empty(0, bool)
-        keys = [str(i) for i in uniq.tolist()]
-        res = self._run(lambda pipe: [pipe.hmget(f"{self.prefix}:item:{a}", keys) for a in attributes])
-        out, found = {}, None
+        fields = _flip_ids(ids)
+        res = self._run(lambda pipe: [pipe.hmget(self._item_key(a), fields) for a in attributes])
+        out, found = {}, np.ones(len(ids), bool)
         for a, vals in zip(attributes, res):
             f = np.array([v is not None for v in vals], dtype=bool)
-            v = np.array([int(x) if x is not None else self.unknown_item_value for x in vals], dtype=np.int64)
-            out[a] = v[inv]
-            found = f if found is None else found & f
-        return out, (found[inv] if found is not None else np.ones(len(ids), bool))
+            raw = b"".join(v if v is not None else b"\0" * 8 for v in vals)
+            v = np.frombuffer(raw, dtype=">i8").astype(np.int64)
+            v[~f] = self.unknown_item_value
+            out[a] = v
+            found &= f
+        return out, found
 
     def put_items(self, items: Any) -> int:
         ids, attrs = validate_items(items, self.item_attributes)
@@ -136,9 +165,10 @@ class RedisOnlineStore(OnlineStore):
 
         def build(pipe):
             for s in range(0, len(ids), step):
-                keys = ids[s:s + step].tolist()
+                keys = _flip_ids(ids[s:s + step])
                 for a in self.item_attributes:
-                    pipe.hset(f"{self.prefix}:item:{a}", mapping=dict(zip(keys, attrs[a][s:s + step].tolist())))
+                    vals = attrs[a][s:s + step].astype(">i8").tobytes()
+                    pipe.hset(self._item_key(a), mapping={k: vals[i * 8:(i + 1) * 8] for i, k in enumerate(keys)})
 
         if len(ids):
             self._run(build)

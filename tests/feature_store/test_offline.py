@@ -88,6 +88,32 @@ def test_chunk_size_independence(data, tmp_path):
         assert o.equals(outs[0])  # same rows in the same (time) order, whatever the chunking
 
 
+def test_user_shards_same_rows(data, tmp_path):
+    root, _, _ = data
+    key = [("ts", "ascending"), ("user_id", "ascending"), ("request_id", "ascending")]
+    build_training_table(root, tmp_path / "a", _cfg(max_len=5))
+    s = build_training_table(root, tmp_path / "b", _cfg(max_len=5, user_shards=4, chunk_size=7))
+    a = read_table(tmp_path / "a", "training")
+    b = read_table(tmp_path / "b", "training")
+    assert s["user_shards"] == 4 and s["files"] > 4
+    assert b.sort_by(key).equals(a.sort_by(key)) and a.num_rows > 0
+    with pytest.raises(ConfigError, match="power of two"):
+        _cfg(user_shards=3)
+
+
+def test_no_impressions_gives_empty_table(tmp_path):
+    events = pa.table({"ts": ts_from_ms([T0]), "user_id": pa.array([1], pa.int64()), "item_id": pa.array([0], pa.int64()),
+                       "domain": pa.array([0], pa.int32()), "action": pa.array([1], pa.int8())})
+    items = pa.table({"item_id": pa.array([0], pa.int64()), "domain": pa.array([0], pa.int32()),
+                      "category": pa.array([3], pa.int64()), "created_ts": ts_from_ms([T0])})
+    write_table(events, tmp_path / "d", "events")
+    write_table(items, tmp_path / "d", "items")
+    for shards in (1, 2):
+        s = build_training_table(tmp_path / "d", tmp_path / f"o{shards}", _cfg(user_shards=shards))
+        assert s["impressions"] == 0
+        assert read_table(tmp_path / f"o{shards}", "training").num_rows == 0
+
+
 def test_sequences_at_shared_with_offline(data, tmp_path):
     root, events, items = data
     build_training_table(root, tmp_path, _cfg(max_len=4, chunk_size=10))
@@ -155,3 +181,18 @@ def test_bad_inputs(tmp_path, data):
     pq.write_table(t.set_column(t.schema.get_field_index("user_id"), "user_id", t["user_id"].cast(pa.string())), f)
     with pytest.raises(DataError, match="user_id"):
         build_training_table(bad, tmp_path / "o3", _cfg())
+
+
+def test_cli_features_build(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    root, _, _ = data
+    r = CliRunner().invoke(app, ["features", "build", "--data", str(root), "--out", str(tmp_path),
+                                 "--set", "max_len=3", "--set", "progress=false"])
+    assert r.exit_code == 0, r.output
+    assert read_table(tmp_path, "training").num_rows > 0
+    r = CliRunner().invoke(app, ["features", "build", "--data", str(root), "--out", str(tmp_path),
+                                 "--set", "max_len=-1"])
+    assert r.exit_code == 2 and "max_len" in r.output
