@@ -86,6 +86,33 @@ class RankingBatch(Pipelineable):
         d = self.sparse.to_dict()
         return Candidates(d["item_id"].values().view(-1, 1), d["item_category"].values().view(-1, 1))
 
+    def expand(self, candidates: Candidates) -> "RankingBatch":
+        """One row per (user, candidate): row b*C + c is user b's row with candidate candidates[b, c].
+
+        The reference for two-stage scoring (score(encode_user(b), cands)[b, c] == forward(b.expand(cands))[b*C+c])
+        and its cost baseline. Candidate ids must already be inside the vocabularies (as build_batch leaves them).
+        """
+        B, C = candidates.item_id.shape
+        rows = self.select(torch.arange(B, device=self.labels.device).repeat_interleave(C))
+        d = rows.sparse.to_dict()
+        item, cat = candidates.item_id.reshape(-1), candidates.item_category.reshape(-1)
+        sparse = KeyedJaggedTensor(
+            keys=list(SPARSE_KEYS),
+            values=torch.cat([d[k].values() for k in SEQ_KEYS] + [item, cat]),
+            lengths=torch.cat([d[k].lengths() for k in SEQ_KEYS] + [torch.ones_like(item), torch.ones_like(cat)]),
+        )
+        return RankingBatch(
+            sparse=sparse,
+            context=rows.context,
+            seq_time_gap=rows.seq_time_gap,
+            seq_lengths=rows.seq_lengths,
+            labels=rows.labels,
+            user_id=rows.user_id,
+            domain=rows.domain,
+            item_id=item,
+            ts=rows.ts,
+        )
+
     def select(self, idx: torch.Tensor) -> "RankingBatch":
         """Rows `idx` of the batch (used to split/replicate users for serving)."""
         idx = idx.to(torch.long)

@@ -7,11 +7,17 @@ from pydantic import Field
 
 from recsys.data.batch import BatchSpec
 from recsys.models.base import Ranker
+from recsys.models.din import DINConfig, DINRanker
+from recsys.models.longer import LongerConfig, LongerRanker
 from recsys.models.pooling import PoolingConfig, PoolingRanker
+from recsys.models.transformer import TransformerConfig, TransformerRanker
 
 # Each model file adds its (Config, Model) pair here; the union below is built from this table.
 MODELS: dict[str, tuple[type, type]] = {
     "pooling": (PoolingConfig, PoolingRanker),
+    "din": (DINConfig, DINRanker),
+    "transformer": (TransformerConfig, TransformerRanker),
+    "longer": (LongerConfig, LongerRanker),
 }
 
 ModelConfig = Annotated[Union[tuple(cfg for cfg, _ in MODELS.values())], Field(discriminator="name")]  # type: ignore[valid-type]
