@@ -144,9 +144,41 @@ def _read_parquet(path: Path, mapping: dict[str, str]) -> pa.Table:
         raise DataError(f"{path}: corrupt parquet data ({e})") from None
 
 
+# Shapes a string must have to be cast to a type: values of another shape are rejected by one vectorised regex, so
+# the bisection below only ever sees the rare value of the right shape that still fails (an overflow, month 13).
+_INT_RE = r"^[+-]?\d+$"
+_NUM_RE = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+_ISO_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+
+
+def _shape(typ: pa.DataType) -> tuple[str, str] | None:
+    if pa.types.is_integer(typ):
+        return _INT_RE, "0"
+    if pa.types.is_floating(typ):
+        return _NUM_RE, "0"
+    if pa.types.is_timestamp(typ):
+        return _ISO_RE, "1970-01-01T00:00:00Z" if typ.tz else "1970-01-01"
+    return None
+
+
 def _cast_rows(arr: pa.Array, typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-    """Cast, isolating the values that fail: bisection over slices, so clean data costs one vectorised cast.
-    Returns (cast array with nulls where the cast failed, mask of failed rows)."""
+    """Cast, isolating the values that fail. Returns (cast array with nulls where the cast failed, mask of failed
+    rows; null inputs stay null and are not failures). Strings are first checked against the target's shape (one
+    regex); what passes is cast at once, and only a failing cast is bisected to find its bad rows."""
+    shape = _shape(typ) if (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) else None
+    if shape is None:
+        return _cast_bisect(arr, typ)
+    matched = pc.match_substring_regex(arr, shape[0])
+    fits = np.asarray(pc.fill_null(matched, True).to_numpy(zero_copy_only=False), dtype=bool)
+    if fits.all():
+        return _cast_bisect(arr, typ)
+    keep = pa.array(fits)
+    out, bad = _cast_bisect(pc.if_else(keep, arr, pa.scalar(shape[1], arr.type)), typ)
+    return pc.if_else(keep, out, pa.scalar(None, typ)), bad | ~fits
+
+
+def _cast_bisect(arr: pa.Array, typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """Cast; when it fails, bisect over slices to find the failing rows (clean data costs one vectorised cast)."""
     n = len(arr)
     bad = np.zeros(n, dtype=bool)
     pieces: list[pa.Array] = []

@@ -172,3 +172,17 @@ def test_reimport_replaces_previous_output(tmp_path):
     import_log(a, "csv", MAP, tmp_path / "out")
     import_log(b, "csv", MAP, tmp_path / "out")
     assert read_table(tmp_path / "out", "events").num_rows == 1
+
+
+def test_many_bad_values_and_well_shaped_but_invalid_ones(tmp_path):
+    rows = ["uid,iid,time,act"]
+    for k in range(2000):
+        t = "2024-01-02T03:04:05Z" if k % 2 else ("garbage" if k % 4 else "2024-13-01")  # month 13: right shape
+        rows.append(f"u{k % 7},i{k % 11},{t},{['click', 'like', 'share', 'purchase', 'impression'][k % 5]}")
+    src = _write(tmp_path / "log.csv", "\n".join(rows) + "\n")
+    r = import_log(src, "csv", MAP + ",action=act", tmp_path / "out")
+    assert r.rejected_rows == 1000 and r.reasons == {"bad timestamp": 1000}
+    reasons = {row["reason"] for row in _rejects(tmp_path / "out")}
+    assert reasons == {"bad timestamp 'garbage'", "bad timestamp '2024-13-01'"}
+    ev = read_table(tmp_path / "out", "events")
+    assert set(ev.column("action").to_pylist()) == {0, 1, 2, 3, 4}
