@@ -31,7 +31,9 @@ over all users; only the slot loop is Python):
   (`policy_noise`), takes a softmax at `policy_temperature` and mixes it with epsilon-uniform (`policy_epsilon`), so
   every candidate has probability > 0. Each of the `slate_size` positions draws its item independently from those
   probabilities (propensity = probability of the drawn item); label ~ Bernoulli(true_ctr). A CLICK event follows
-  each clicked impression 1 ms .. `click_delay_max_ms` later. Clicked impressions update h_u like organic clicks.
+  each clicked impression 1 ms .. `click_delay_max_ms` later (like every non-impression event it carries no
+  request_id/position/label/policy/propensity). Clicked impressions update h_u like organic clicks.
+  Request ids increase with (ts, user_id); the impressions of one request share its ts and are ordered by position.
 Ground truth in DIR/truth: request_ctr/part-0.parquet (request_id, true_ctr aligned with candidate_item_ids),
 user_factors.npy (l_u at the start), user_factors_by_day.npy (l_u at each day start), item_factors.npy,
 item_popularity.npy, category_centroids.npy, domain_transform.npy, domain_bias.npy, user_activity.npy,
@@ -372,7 +374,8 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> dict[str, Any]:
     long_start = w.long.astype(np.float32).copy()
     counts = {"events": 0, "requests": 0, "impressions": 0, "clicks_on_impressions": 0}
     action_counts = np.zeros(len(Action), dtype=np.int64)
-    events_per_user = np.zeros(U, dtype=np.int64)
+    events_per_user = np.zeros(U, dtype=np.int64)  # non-impression events (the engagement history)
+    all_per_user = np.zeros(U, dtype=np.int64)
     ctr_sum = 0.0
     next_request_id = 0
     carry: dict[str, np.ndarray] | None = None  # events that spill past midnight (click delays)
@@ -523,6 +526,7 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> dict[str, Any]:
             counts["clicks_on_impressions"] += int(cat["label"][imp].sum())
             action_counts += np.bincount(cat["action"].astype(np.int64), minlength=len(Action))
             events_per_user += np.bincount(cat["user"].astype(np.int64), weights=(~imp).astype(np.float64), minlength=U).astype(np.int64)
+            all_per_user += np.bincount(cat["user"].astype(np.int64), minlength=U)
     finally:
         ctr_writer.close()
 
@@ -588,7 +592,8 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> dict[str, Any]:
             "organic_events": organic,
             "actions": {a.name.lower(): int(action_counts[a]) for a in Action},
             "impression_ctr": counts["clicks_on_impressions"] / max(counts["impressions"], 1),
-            "max_user_sequence": int(events_per_user.max()) if U else 0,
+            "max_user_sequence": int(events_per_user.max()) if U else 0,  # non-impression events of one user
+            "max_user_events": int(all_per_user.max()) if U else 0,  # all events incl. impressions
             "users_with_2000_plus": int((events_per_user >= 2000).sum()),
         },
         "seconds": round(time.perf_counter() - t_start, 3),
