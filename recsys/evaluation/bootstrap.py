@@ -167,13 +167,15 @@ def resample_sums(
         return np.full((n_boot, k), np.nan), "dense"
     nz_rows = None
     if sparse:
-        nz = np.flatnonzero(np.any(cols != 0, axis=1))
+        nz = np.flatnonzero(cols[:, 0] != 0) if k == 1 else np.flatnonzero(np.any(cols != 0, axis=1))
         if sparse is True or nz.size <= SPARSE_MAX_FRACTION * n:
             nz_rows = nz
     path = "sparse" if nz_rows is not None else "dense"
     base = cols[nz_rows] if nz_rows is not None else cols
     center = base.mean(axis=0) if base.shape[0] else np.zeros(k)
-    table = np.ascontiguousarray((base - center).astype(np.float32))
+    table = np.empty(base.shape, dtype=np.float32)
+    for a in range(0, base.shape[0], 1 << 20):  # in row chunks: no full-size float64 temporary (RSS)
+        np.subtract(base[a : a + (1 << 20)], center, out=table[a : a + (1 << 20)], casting="same_kind")
     m = table.shape[0]
     if chunk is None:
         # ~2M draws per (chunk, block) call keeps the index buffer small (RSS) and calls few
@@ -231,7 +233,7 @@ def bootstrap(
         if e.n != n:
             raise ValueError(f"estimate '{e.name}' has {e.n} rounds, expected {n}: estimates must share their rounds")
     all_mean = all(e.kind == "mean" for e in estimates)
-    cols = np.concatenate([e.components for e in estimates], axis=1)
+    cols = estimates[0].components if len(estimates) == 1 else np.concatenate([e.components for e in estimates], axis=1)
     sp = sparse if all_mean else False
     w = (os.cpu_count() or 1) if workers is None else workers
     sums, path = resample_sums(cols, n_boot, seed=seed, workers=w, sparse=sp)

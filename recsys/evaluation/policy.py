@@ -263,8 +263,8 @@ def _ranker_scores(model_dir: Path, cands: Candidates, batch_requests: int = 256
     from recsys.data.batch import BatchSpec, Candidates as CandTensor, build_batch
     from recsys.data.schemas import TRAINING, TS
 
-    model = load_exported(model_dir)
-    spec = getattr(model, "batch_spec", None) or BatchSpec()
+    loaded = load_exported(model_dir)  # ExportedModel(model, spec, info)
+    model, spec = (loaded.model, loaded.spec) if hasattr(loaded, "spec") else (loaded, BatchSpec())
     fcfg = load_feature_config(None)
     item_ids, item_vals = read_attributes(cands.logs_dir, "items", "item_id", fcfg.item_attributes)
     items = ItemAttributes(item_ids, item_vals)
