@@ -6,8 +6,10 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from recsys.data.batch import BatchSpec
+from recsys.models.ads import ADSConfig, ADSRanker
 from recsys.models.base import Ranker
 from recsys.models.din import DINConfig, DINRanker
+from recsys.models.lmn import LMNConfig, LMNRanker
 from recsys.models.longer import LongerConfig, LongerRanker
 from recsys.models.pooling import PoolingConfig, PoolingRanker
 from recsys.models.transformer import TransformerConfig, TransformerRanker
@@ -18,6 +20,8 @@ MODELS: dict[str, tuple[type, type]] = {
     "din": (DINConfig, DINRanker),
     "transformer": (TransformerConfig, TransformerRanker),
     "longer": (LongerConfig, LongerRanker),
+    "lmn": (LMNConfig, LMNRanker),
+    "ads": (ADSConfig, ADSRanker),
 }
 
 ModelConfig = Annotated[Union[tuple(cfg for cfg, _ in MODELS.values())], Field(discriminator="name")]  # type: ignore[valid-type]

@@ -1,0 +1,30 @@
+"""Masked target attention: a few query vectors (one per candidate, or several per candidate) read a padded
+sequence. Used by LMN (candidate over per-item memory read-outs) and ADS (generated queries over the personalized
+sequence).
+
+Why a small file of its own: both models need the same masking rule, and it must be exact — a padded position gets
+weight exactly 0 and its value is zeroed before the weighted sum, so padding content can never leak into the output
+(bit-identical), and a user with an empty history gets a zero vector instead of NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def masked_target_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention of Q queries over L keys per row.
+
+    q: [..., Q, d]; k: [..., L, d]; v: [..., L, dv]; mask: bool, broadcastable to [..., L] (True = real position).
+    Returns [..., Q, dv]; rows whose mask is all False return zeros.
+    """
+    m = mask.unsqueeze(-2)  # [..., 1, L]
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+    w = torch.softmax(scores, dim=-1) * m.to(scores.dtype)
+    v = v.masked_fill(~mask.unsqueeze(-1), 0.0)
+    return torch.matmul(w, v)
+
+
+__all__ = ["masked_target_attention"]

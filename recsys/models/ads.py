@@ -1,0 +1,111 @@
+"""ADS — Adaptive Domain Scaling (arXiv 2502.05523): multi-domain ranking where domain features generate the
+parameters that personalise both the behaviour sequence and the candidate.
+
+  x_i   = Linear([item_i, category_i, action_i, seq_domain_i])      sequence item -> seq_dim (shared projection)
+  z     = [features named in `generator_inputs`]                     domain features (request domain embedding, ...)
+  h_i   = PSRG(x_i; z)                                               generated MLP (shared + private weights) per item
+  q_j   = PCRG([item_c, category_c]; z), j = 1..n_queries            generated queries for the candidate
+  o_j   = TargetAttention(q_j over h_1..L, padded positions masked)
+  logit = MLP([o_1, ..., o_n, item_c, category_c, user, domain])
+The personalized sequence h and the PCRG weights depend on the user/request only, so `encode_user` caches them and
+`score` runs the candidates' queries, the attention and the head.
+
+[ours] decisions (all in ADSConfig / configs/ads.yaml):
+- `combine`: how shared and private parts meet, "sum" (W_s + P(z)) or "product" (W_s * P(z), elementwise); see
+  recsys/layers/adaptive_domain.py for the exact formula and the initialisation.
+- `generator_inputs`: the domain features feeding the generators; default the request domain's embedding only
+  (add "user" for per-user generated weights).
+- `psrg_depth` (depth of the generated MLP, default 2) with a residual connection around it; `n_queries` (default 4).
+- PCRG weights are generated from z only; the candidate is the input of the generated layer, which keeps the
+  generation candidate-independent (one generation per request however many candidates are scored).
+- Attention keys and values are the personalized sequence itself (PSRG already is the per-domain projection).
+Evaluation is per domain (AUC/GAUC per domain and overall) in the training pipeline's metrics, as for every model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from recsys.config import StrictModel
+from recsys.data.batch import BatchSpec, Candidates, RankingBatch
+from recsys.layers.adaptive_domain import PCRG, PSRG
+from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
+from recsys.layers.mlp import MLP
+from recsys.layers.target_attention import masked_target_attention
+from recsys.models.base import Ranker
+
+
+class ADSConfig(StrictModel):
+    name: Literal["ads"] = "ads"
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    seq_dim: int = Field(32, gt=0, description="width of the personalized sequence and of each query")
+    generator_inputs: list[Literal["domain", "user"]] = Field(default_factory=lambda: ["domain"], min_length=1)
+    generator_hidden: int = Field(64, gt=0, description="hidden width of the two-layer private generators")
+    combine: Literal["sum", "product"] = "sum"
+    psrg_depth: int = Field(2, gt=0, description="layers of the generated per-item MLP")
+    psrg_residual: bool = True
+    n_queries: int = Field(4, gt=0, description="PCRG queries per candidate")
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+
+@dataclass
+class ADSState:
+    seq: torch.Tensor  # [B, L, seq_dim] personalized sequence
+    mask: torch.Tensor  # [B, L]
+    q_weight: torch.Tensor  # [B, n_queries, 2d, seq_dim] generated PCRG weights
+    q_bias: torch.Tensor  # [B, n_queries, seq_dim]
+    user: torch.Tensor  # [B, d]
+    domain: torch.Tensor  # [B, d]
+
+
+class ADSRanker(Ranker):
+    def __init__(self, cfg: ADSConfig, spec: BatchSpec):
+        super().__init__()
+        self.cfg = cfg
+        d, s = cfg.embedding.dim, cfg.seq_dim
+        cond = d * len(cfg.generator_inputs)
+        self.embedder = SparseEmbedder(spec, cfg.embedding)
+        self.seq_in = nn.Linear(4 * d, s)
+        self.psrg = PSRG(s, cond, cfg.generator_hidden, cfg.psrg_depth, cfg.combine, cfg.psrg_residual)
+        self.pcrg = PCRG(2 * d, s, cond, cfg.generator_hidden, cfg.n_queries, cfg.combine)
+        self.head = MLP(cfg.n_queries * s + 4 * d, cfg.hidden)
+
+    def domain_features(self, e: EmbeddedBatch) -> torch.Tensor:
+        """z [B, cond]: the generators' input."""
+        parts = {"domain": e.domain, "user": e.user}
+        return torch.cat([parts[k] for k in self.cfg.generator_inputs], -1)
+
+    def encode(self, e: EmbeddedBatch) -> ADSState:
+        z = self.domain_features(e)
+        x = self.seq_in(torch.cat([e.seq[k] for k in ("seq_item_id", "seq_category", "seq_action", "seq_domain")], -1))
+        h = self.psrg(x, z)
+        w, b = self.pcrg.generate(z)
+        return ADSState(h, e.mask, w, b, e.user, e.domain)
+
+    def encode_user(self, batch: RankingBatch) -> ADSState:
+        return self.encode(self.embedder(batch))
+
+    def _score(self, state: ADSState, item: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        """item, cat: [B, C, d] -> logits [B, C]."""
+        B, C, _ = item.shape
+        Q, s = self.cfg.n_queries, self.cfg.seq_dim
+        q = PCRG.apply(torch.cat([item, cat], -1), state.q_weight, state.q_bias).reshape(B, C * Q, s)
+        att = masked_target_attention(q, state.seq, state.seq, state.mask).view(B, C, Q * s)
+        ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
+        return self.head(torch.cat([att, item, cat, ctx], -1)).squeeze(-1)
+
+    def score(self, state: ADSState, candidates: Candidates) -> torch.Tensor:
+        c = self.embedder.embed_candidates(candidates)
+        return self._score(state, c["item_id"], c["item_category"])
+
+    def forward(self, batch: RankingBatch, return_aux: bool = False):
+        e = self.embedder(batch)
+        logits = self._score(self.encode(e), e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))[:, 0]
+        return (logits, torch.zeros((), device=logits.device)) if return_aux else logits
+
+
+__all__ = ["ADSConfig", "ADSRanker", "ADSState"]

@@ -1,0 +1,152 @@
+"""LMN — Large Memory Network (arXiv 2502.05558): a product-key memory shared by all users, read once per history
+item with a user-aware query, pooled by target attention with the candidate.
+
+Per history item i of user u (only real positions; padding never reaches the memory):
+  query_i   = MLP([item_i, category_i, user_u])                       user-aware query (heads x key_dim)
+  readout_i = PKM(query_i)                                             top-K slots of n = n_keys**2, weighted bag
+  token_i   = [item_i, category_i, readout_i]                          (readout = 0 outside the memory window)
+Candidate c: target attention (att_heads heads of width att_dim) of [item_c, category_c] over token_1..L (padded
+positions masked), then MLP([attention output, item_c, category_c, user, domain]) -> logit.
+Everything except the last step is candidate-independent, so `encode_user` caches the attention keys/values and
+`score` runs only the candidates' queries and the head.
+
+Memory loss [ours: target and weight]: the read-out must reconstruct a stop-gradient target of the interaction plus
+user information, target_i = sg([item_i + category_i, action_i, user_u]) (3d), through a learned linear decoder:
+  L_mem = memory_loss_weight * SmoothL1_beta(decoder(readout_i), target_i), averaged over read positions.
+The action (click / like / purchase ...) is deliberately not in the query, so the memory has to store what the user
+did with the item, keyed by (user, item). `aux_loss` returns L_mem already weighted; the trainer adds it to the BCE
+loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the sub-keys and the query MLP.
+
+[ours] other decisions:
+- `memory_len`: only the newest `memory_len` real history items read the memory (None = all). The sub-key scoring is
+  the dominant cost (queries x n_keys x key_dim per axis, plus two top-k); at L=2000 reading every item costs ~10x a
+  256-item window on the 2-core CPU machine. Older items still take part in the target attention through their
+  item/category embeddings.
+- Memory size, K, dims and options (UltraMem LayerNorms / sigmoid scores) live in `memory` (ProductKeyMemoryConfig);
+  the value table is the TorchRec table `memory.table_name` so DistributedModelParallel shards it.
+- Target attention is scaled dot-product (not DIN's MLP scorer) so scoring C candidates against L items stays
+  a pair of batched matmuls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from recsys.config import StrictModel
+from recsys.data.batch import BatchSpec, Candidates, RankingBatch
+from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
+from recsys.layers.mlp import MLP
+from recsys.layers.product_key_memory import ProductKeyMemory, ProductKeyMemoryConfig
+from recsys.layers.target_attention import masked_target_attention
+from recsys.models.base import Ranker
+
+
+class LMNConfig(StrictModel):
+    name: Literal["lmn"] = "lmn"
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    memory: ProductKeyMemoryConfig = Field(default_factory=lambda: ProductKeyMemoryConfig(table_name="t_lmn_memory"))
+    query_hidden: list[int] = Field(default_factory=lambda: [64], description="hidden widths of the query MLP")
+    memory_len: int | None = Field(256, gt=0, description="newest history items that read the memory (None = all)")
+    memory_loss_weight: float = Field(0.1, ge=0.0)
+    memory_loss_beta: float = Field(1.0, gt=0.0, description="Smooth-L1 transition point")
+    att_heads: int = Field(2, gt=0)
+    att_dim: int = Field(32, gt=0, description="width per attention head")
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+
+@dataclass
+class LMNState:
+    keys: torch.Tensor  # [B, H, L, att_dim]
+    values: torch.Tensor  # [B, H, L, att_dim]
+    mask: torch.Tensor  # [B, L] real positions
+    user: torch.Tensor  # [B, d]
+    domain: torch.Tensor  # [B, d]
+    readout: torch.Tensor  # [N, value_dim] memory read-outs of the N read positions (packed)
+    slots: torch.Tensor  # [N, heads, top_k] slot ids they read (to inspect memory usage)
+    target: torch.Tensor  # [N, 3d] memory-loss target (detached)
+
+
+class LMNRanker(Ranker):
+    def __init__(self, cfg: LMNConfig, spec: BatchSpec):
+        super().__init__()
+        self.cfg = cfg
+        # bags per user in the value-table lookup: fixed, so a sharded lookup has the same batch size on every rank
+        self.window = cfg.memory_len if cfg.memory_len is not None else spec.max_len
+        d, m = cfg.embedding.dim, cfg.memory
+        self.embedder = SparseEmbedder(spec, cfg.embedding)
+        self.query_net = MLP(3 * d, cfg.query_hidden, m.heads * m.key_dim)
+        self.memory = ProductKeyMemory(m)
+        self.decoder = nn.Linear(m.value_dim, 3 * d)
+        H, a = cfg.att_heads, cfg.att_dim
+        self.kv = nn.Linear(2 * d + m.value_dim, 2 * H * a)
+        self.q = nn.Linear(2 * d, H * a)
+        self.head = MLP(H * a + 4 * d, cfg.hidden)
+
+    # -- user side -----------------------------------------------------------------------------------------
+    def memory_mask(self, e: EmbeddedBatch) -> torch.Tensor:
+        """[B, L] positions that read the memory: real items within the newest `memory_len`."""
+        if self.cfg.memory_len is None:
+            return e.mask
+        L = e.mask.shape[1]
+        pos = torch.arange(L, device=e.mask.device).unsqueeze(0)
+        return e.mask & (pos >= (e.lengths.unsqueeze(1) - self.cfg.memory_len))
+
+    def encode(self, e: EmbeddedBatch) -> LMNState:
+        B, L = e.mask.shape
+        if self.cfg.memory_len is None and L > self.window:
+            raise ValueError(f"memory_len: null reads every item, but the batch has L={L} > BatchSpec.max_len={self.window}")
+        item, cat = e.seq["seq_item_id"], e.seq["seq_category"]
+        b, l = self.memory_mask(e).nonzero(as_tuple=True)
+        user_rows = e.user[b]
+        item_rows = item[b, l]
+        cat_rows = cat[b, l]
+        # read i of user b at position l goes to bag b * window + (its index among the user's newest `window` items)
+        bag = b * self.window + l - (e.lengths[b] - self.window)
+        read = self.memory.read(self.query_net(torch.cat([item_rows, cat_rows, user_rows], -1)), bag, B * self.window)
+        readout, slots = read.out, read.slots
+        target = torch.cat([item_rows + cat_rows, e.seq["seq_action"][b, l], user_rows], -1).detach()
+        mem = item.new_zeros(B, L, self.cfg.memory.value_dim).index_put((b, l), readout)
+        H, a = self.cfg.att_heads, self.cfg.att_dim
+        kv = self.kv(torch.cat([item, cat, mem], -1)).view(B, L, 2, H, a)
+        keys, values = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, H, L, a]
+        return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target)
+
+    def encode_user(self, batch: RankingBatch) -> LMNState:
+        return self.encode(self.embedder(batch))
+
+    # -- candidate side ------------------------------------------------------------------------------------
+    def _score(self, state: LMNState, item: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        """item, cat: [B, C, d] -> logits [B, C]."""
+        B, C, _ = item.shape
+        H, a = self.cfg.att_heads, self.cfg.att_dim
+        q = self.q(torch.cat([item, cat], -1)).view(B, C, H, a).transpose(1, 2)  # [B, H, C, a]
+        att = masked_target_attention(q, state.keys, state.values, state.mask.unsqueeze(1))  # [B, H, C, a]
+        att = att.transpose(1, 2).reshape(B, C, H * a)
+        ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
+        return self.head(torch.cat([att, item, cat, ctx], -1)).squeeze(-1)
+
+    def score(self, state: LMNState, candidates: Candidates) -> torch.Tensor:
+        c = self.embedder.embed_candidates(candidates)
+        return self._score(state, c["item_id"], c["item_category"])
+
+    def aux_loss(self, state: LMNState, batch: RankingBatch) -> torch.Tensor:
+        # always through the decoder (also for 0 reads) so every rank's graph uses the same parameters (DDP)
+        pred = self.decoder(state.readout)
+        loss = F.smooth_l1_loss(pred, state.target, beta=self.cfg.memory_loss_beta, reduction="sum") / max(pred.numel(), 1)
+        return self.cfg.memory_loss_weight * loss
+
+    def forward(self, batch: RankingBatch, return_aux: bool = False):
+        e = self.embedder(batch)
+        state = self.encode(e)
+        logits = self._score(state, e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))[:, 0]
+        if return_aux:
+            return logits, self.aux_loss(state, batch)
+        return logits
+
+
+__all__ = ["LMNConfig", "LMNRanker", "LMNState"]
