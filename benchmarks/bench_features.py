@@ -84,18 +84,23 @@ def generate(root: Path, scale: float, seed: int = 0, days: int = 30) -> dict:
 
 
 # ---------------------------------------------------------------- workers (run in fresh subprocesses) ----------
-def worker_ours(data: str, out: str, chunk: int, L: int) -> dict:
+def worker_ours(data: str, out: str, chunk: int, L: int, shards: int = 1) -> dict:
     from feature_store.definitions import load_feature_config
     from feature_store.offline import build_training_table
 
-    cfg = load_feature_config(None, [f"chunk_size={chunk}", f"max_len={L}", "progress=false"])
+    cfg = load_feature_config(None, [f"chunk_size={chunk}", f"max_len={L}", "progress=false", f"user_shards={shards}"])
     s = build_training_table(data, out, cfg)
     return {"seconds": s["seconds"], "load_seconds": s["load_seconds"], "impressions": s["impressions"],
             "mean_seq_len": s["mean_seq_len"], "full_fraction": s["full_fraction"]}
 
 
-def worker_polars(data: str, out: str, chunk: int, L: int) -> dict:
+def worker_polars(data: str, out: str, chunk: int, L: int, shards: int = 1) -> dict:
+    import warnings
+
     import polars as pl
+
+    # join_asof with `by` cannot verify sortedness; both sides are sorted on the key right before the join
+    warnings.filterwarnings("ignore", message="Sortedness of columns cannot be checked")
 
     t0 = time.perf_counter()
     files = sorted(str(p) for p in Path(data, "events").rglob("*.parquet"))
@@ -144,9 +149,9 @@ def worker_polars(data: str, out: str, chunk: int, L: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "impressions": total}
 
 
-def run_worker(kind: str, data: Path, out: Path, chunk: int, L: int) -> dict:
+def run_worker(kind: str, data: Path, out: Path, chunk: int, L: int, shards: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--data", str(data), "--out", str(out), "--chunk", str(chunk),
-           "--L", str(L)]
+           "--L", str(L), "--shards", str(shards)]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
         raise RuntimeError(f"{kind} worker failed:\n{p.stderr[-3000:]}")
@@ -210,16 +215,18 @@ def bench_online(tmp: Path, n_users: int, L: int, reps: int) -> list[dict]:
                 append_s = time.perf_counter() - t
                 lat = []
                 got = 0
-                for _ in range(reps):
-                    q = rng.choice(n_users, 100, replace=False)
+                qrng = np.random.default_rng(2)  # the same requests on both backends
+                for _ in range(reps + 5):
+                    q = qrng.choice(n_users, 100, replace=False)
                     t = time.perf_counter()
                     seqs = s.get_sequences(q, T0 + 31 * DAY)
                     lat.append(time.perf_counter() - t)
                     got += int(seqs.lengths.sum())
+                lat = lat[5:]  # warm-up requests dropped
             lat_ms = np.array(lat) * 1000
             rows.append({"backend": backend, "users_in_store": n_users, "events_appended": n,
                          "append_events_per_s": n / append_s, "batch_users": 100,
-                         "mean_events_returned": got / reps, "p50_ms": float(np.percentile(lat_ms, 50)),
+                         "mean_events_returned": got / (reps + 5), "p50_ms": float(np.percentile(lat_ms, 50)),
                          "p99_ms": float(np.percentile(lat_ms, 99)), "requests": reps})
     finally:
         proc.terminate()
@@ -238,14 +245,17 @@ def main() -> None:
     ap.add_argument("--online-users", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--skip-polars", action="store_true")
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--worker", choices=["ours", "polars"])
     ap.add_argument("--data")
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.worker:
         fn = worker_ours if a.worker == "ours" else worker_polars
-        res = fn(a.data, a.out, a.chunk, a.L)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res = fn(a.data, a.out, a.chunk, a.L, a.shards)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        res["peak_rss_mb"] = ru.ru_maxrss / 1024
+        res["cpu_seconds"] = ru.ru_utime + ru.ru_stime  # all threads; a load-independent cost measure
         print(json.dumps(res))
         return
     scales = [float(x) for x in a.scales.split(",")] if a.scales else ([0.5, 1.0] if a.full else [0.02, 0.08])
@@ -256,6 +266,7 @@ def main() -> None:
             "numpy": np.__version__, "pyarrow": pa.__version__, "polars": pl.__version__, "L": a.L, "chunk": chunk,
             "scales": scales, "compression": "lz4", "writer_threads": 2}
     print("config:", json.dumps(meta))
+    print("load average at start:", os.getloadavg())
     tmp = Path(tempfile.mkdtemp(prefix="bench_features_"))
     offline = []
     try:
@@ -264,18 +275,20 @@ def main() -> None:
             t = time.perf_counter()
             info = generate(d, sc)
             print(f"generated scale {sc}: {info} in {time.perf_counter() - t:.0f}s", flush=True)
-            runs = [("ours", chunk)] + ([("ours", chunk // 4)] if sc == scales[-1] else [])
-            runs += [] if a.skip_polars else [("polars", chunk)]
-            for kind, ch in runs:
-                out = tmp / f"out_{kind}_{sc}_{ch}"
-                r = run_worker(kind, d, out, ch, a.L)
-                r.update(kind=kind, chunk=ch, **info)
+            runs = [("ours", chunk, 1)] + ([("ours", chunk // 4, 1), ("ours", chunk, 4)] if sc == scales[-1] else [])
+            runs += [] if a.skip_polars else [("polars", chunk, 1)]
+            for kind, ch, sh in runs:
+                out = tmp / f"out_{kind}_{sc}_{ch}_{sh}"
+                r = run_worker(kind, d, out, ch, a.L, sh)
+                r.update(kind=kind, chunk=ch, shards=sh, **info)
                 r["impressions_per_min"] = r["impressions"] / r["seconds"] * 60
                 offline.append(r)
-                print(f"  {kind:6s} chunk={ch:6d}: {r['impressions_per_min'] / 1e6:.2f}M imp/min, "
+                print(f"  {kind:6s} chunk={ch:6d} shards={sh}: {r['impressions_per_min'] / 1e6:.2f}M imp/min, "
                       f"{r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                if kind == "ours" and (ch, sh) != (chunk, 1):
+                    shutil.rmtree(out, ignore_errors=True)
             if not a.skip_polars:
-                ok = same_output(tmp / f"out_ours_{sc}_{chunk}", tmp / f"out_polars_{sc}_{chunk}")
+                ok = same_output(tmp / f"out_ours_{sc}_{chunk}_1", tmp / f"out_polars_{sc}_{chunk}_1")
                 print(f"  outputs equal on the first rows: {ok}")
                 if not ok:
                     raise SystemExit("polars baseline and ours disagree: benchmark invalid")
@@ -287,14 +300,17 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print("\nOffline build (L=%d, lz4, 2 writer threads)" % a.L)
-    print(f"{'impl':7s} {'scale':>6s} {'hist events':>12s} {'impressions':>11s} {'chunk':>6s} {'mean len':>8s} "
-          f"{'imp/min':>9s} {'peak RSS MB':>11s} {'vs polars':>9s}")
+    print(f"{'impl':7s} {'scale':>6s} {'hist events':>12s} {'impressions':>11s} {'chunk':>6s} {'shards':>6s} "
+          f"{'mean len':>8s} {'imp/min':>9s} {'imp/CPU-min':>11s} {'peak RSS MB':>11s} {'vs polars':>9s} {'CPU vs polars':>13s}")
     for r in offline:
         base = next((b for b in offline if b["kind"] == "polars" and b["scale"] == r["scale"]), None)
         ratio = f"{r['impressions_per_min'] / base['impressions_per_min']:.2f}x" if base else "-"
+        r["imp_per_cpu_min"] = r["impressions"] / r["cpu_seconds"] * 60
+        cratio = f"{base['cpu_seconds'] / r['cpu_seconds']:.2f}x" if base else "-"
         mean = f"{r['mean_seq_len']:.0f}" if "mean_seq_len" in r else "-"
         print(f"{r['kind']:7s} {r['scale']:6.2f} {r['history_events']:12d} {r['impressions']:11d} {r['chunk']:6d} "
-              f"{mean:>8s} {r['impressions_per_min'] / 1e6:8.2f}M {r['peak_rss_mb']:11.0f} {ratio:>9s}")
+              f"{r['shards']:6d} {mean:>8s} {r['impressions_per_min'] / 1e6:8.2f}M {r['imp_per_cpu_min'] / 1e6:10.2f}M "
+              f"{r['peak_rss_mb']:11.0f} {ratio:>9s} {cratio:>13s}")
     print("\nOnline get_sequences, 100 users per request, L=%d" % a.L)
     print(f"{'backend':9s} {'users':>6s} {'events/req':>10s} {'p50 ms':>7s} {'p99 ms':>7s} {'append ev/s':>11s}")
     for r in online:
@@ -302,6 +318,8 @@ def main() -> None:
               f"{r['p99_ms']:7.2f} {r['append_events_per_s']:11.0f}")
     res_dir = ROOT / "benchmarks" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
+    meta["loadavg_end"] = os.getloadavg()
+    print("load average at end:", meta["loadavg_end"])
     (res_dir / "features.json").write_text(json.dumps({"config": meta, "offline": offline, "online": online}, indent=2))
     print(f"\nwrote {res_dir / 'features.json'}")
 

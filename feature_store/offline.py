@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ from feature_store.history import ItemAttributes, SortedHistory, _ts_ms
 from recsys.data.io import DataError, check_schema, list_files, read_table
 from recsys.data.schemas import TABLES, TRAINING, Action
 
+# Dictionary-encode only low-cardinality columns: trying (and abandoning) dictionaries on id lists costs ~20% of
+# the encoder's time, and the encoder is the ceiling of the whole build (PERF-NOTES.md).
+DICTIONARY_COLUMNS = ["domain", "position", "label", "policy", "seq_action", "seq_domain"]
 IMPRESSION_COLUMNS = ["request_id", "ts", "user_id", "item_id", "domain", "position", "label", "policy", "propensity"]
 
 
@@ -124,7 +128,8 @@ class _Writers:
                 continue  # drain after a failure so the producer never blocks
             name, table = item
             try:
-                pq.write_table(table, self.out / f"{name}.parquet", compression=self.compression)
+                pq.write_table(table, self.out / f"{name}.parquet", compression=self.compression,
+                               use_dictionary=DICTIONARY_COLUMNS)
                 with self.lock:
                     self.rows += table.num_rows
             except BaseException as e:  # surfaced to the producer
@@ -177,7 +182,8 @@ def _chunk_table(imp: pa.Table, seqs, cand_attrs: dict[str, np.ndarray], user_at
 def _progress(total: int | None, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="imp", unit_scale=True, desc="training table", disable=not enabled, mininterval=1.0)
+    return tqdm(total=total, unit="imp", unit_scale=True, desc="training table", disable=not enabled, mininterval=1.0,
+                delay=1.0)
 
 
 def build_training_table(data_dir: str | Path, out_dir: str | Path, cfg: FeatureConfig) -> dict[str, Any]:
@@ -262,4 +268,8 @@ def build_training_table(data_dir: str | Path, out_dir: str | Path, cfg: Feature
         "out": str(final),
     }
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    if cfg.progress:
+        print(f"training table: {n:,} impressions, mean sequence {summary['mean_seq_len']:.0f} "
+              f"(L={cfg.max_len}), {secs:.1f}s ({summary['impressions_per_min'] / 1e6:.2f}M/min) -> {final}",
+              file=sys.stderr)
     return summary

@@ -141,3 +141,53 @@ def test_config_mismatch_is_reported(tmp_path):
     c = cfg(path, item_attributes="[category,price]")
     with pytest.raises(StoreError, match="item attributes"):
         EmbeddedOnlineStore(c)
+
+
+def test_redis_with_appendfsync_always_survives_server_kill(tmp_path):
+    """The Redis backend is as durable as its server: with appendonly + appendfsync always, SIGKILL of redis-server
+    loses no acknowledged append."""
+    import shutil as sh
+
+    import redis
+
+    from feature_store.online import open_online_store
+    from tests.feature_store.conftest import _free_port
+
+    exe = sh.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(exe).exists():
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always"]
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def start():
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                redis.Redis.from_url(url).ping()
+                return p
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        p.kill()
+        raise RuntimeError("redis-server did not start")
+
+    c = load_feature_config(None, ["online.backend=redis", f"online.redis_url={url}", "max_len=100000",
+                                   "chunk_size=1000"])
+    proc = start()
+    try:
+        with open_online_store(c) as s:
+            for i in range(10):
+                s.append(batch(i))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc = start()
+        with open_online_store(c) as s:
+            seqs = s.get_sequences(np.arange(USERS), T0 + 10**9)
+            users = np.repeat(np.arange(USERS), seqs.lengths)
+            got = set(zip(users.tolist(), seqs.ts.tolist(), seqs.item_id.tolist(), seqs.action.tolist()))
+            assert got == _expected(range(10))
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -167,3 +167,13 @@ def test_backend_specific_errors(open_store, tmp_path):
         with pytest.raises(StoreError, match="not reachable"):
             open_online_store(cfg)
     s.close()
+
+
+def test_bad_requests(open_store):
+    s = open_store()
+    with pytest.raises(StoreInputError, match="request_ts must be integer ms"):
+        s.get_sequences([1], 1.5)
+    with pytest.raises(StoreInputError, match="'user_id' has dtype"):
+        s.get_sequences(["a"], T0)
+    with pytest.raises(ValueError):
+        s.get_sequences([1, 2], [T0, T0, T0])  # request times must match the users
