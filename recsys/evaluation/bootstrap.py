@@ -7,16 +7,16 @@ full-length random-index gather per resample is bound by main-memory latency. So
 - Exact block-multinomial resampling: for a resample of n rows drawn uniformly with replacement, the number of draws
   that land in each block of B=65,536 consecutive rows is Multinomial(n, block_size/n); inside a block the draws are
   uniform. So per (chunk of resamples, block) we draw the counts, then uniform 16-bit offsets straight from the bit
-  generator's raw output (no rejection needed: the block size is 2^16), and sum the picked rows with one fused
-  gather+segment-sum (torch's embedding_bag, sum mode; float32 values centred on the column mean, sums added in
-  float64). The block's rows stay in cache across all resamples of the chunk. Same distribution as
+  generator's raw output (no rejection needed: the block size is 2^16), and sum the picked rows with one compiled
+  sparse-matrix product (a CSR matrix of the picks times the block's rows; float32 values centred on the column
+  mean, sums added in float64). The block's rows stay in cache across all resamples of the chunk. Same distribution as
   `values[rng.integers(0, n, n)]`, not an approximation.
 - Sparse path: when the statistic is a plain mean and most rows are zero in every column (rare rewards: IPS), only the
   nonzero rows matter: the number of a resample's draws that hit them is Binomial(n, nnz/n) and, given that, they are
   uniform over the nonzero rows, so the same block kernel runs on the nnz rows only. Still exact.
 - Resamples are split into chunks, each with its own `SeedSequence.spawn` stream, so the result depends on `seed`
   only, never on `workers`. With workers > 1 the chunks run on threads (every heavy call, the bit generator's bulk
-  output, the numpy casts and torch's kernel, releases the GIL), which splits the work across cores like separate
+  output, the numpy casts and the sparse product, releases the GIL), which splits the work across cores like separate
   processes without copying the value vectors.
 - All estimates given in one call share the same resamples, so a paired A-B difference is the difference of their
   replicates (`paired_difference`): identical policies give exactly 0.
@@ -114,9 +114,14 @@ def _uniform_offsets(rng: np.random.Generator, size: int, count: int, out: np.nd
 
 
 def _chunk_sums(table: np.ndarray, totals: np.ndarray, rng: np.random.Generator, block: int) -> np.ndarray:
-    """Column sums of `len(totals)` resamples (resample r draws totals[r] rows of table uniformly): (R, k) float64."""
-    import torch
-    import torch.nn.functional as F
+    """Column sums of `len(totals)` resamples (resample r draws totals[r] rows of table uniformly): (R, k) float64.
+
+    Per block, the picks of all R resamples form one sparse R x block matrix (CSR: row r holds resample r's picks,
+    values 1), so its product with the block's rows is every resample's sum in one compiled pass (scipy's CSR kernel
+    reads the int32 picks as they are, no index widening; it measured ~20% faster here than a fused
+    embedding-bag sum and keeps torch out of the process).
+    """
+    from scipy.sparse import csr_matrix
 
     m, k = table.shape
     R = totals.size
@@ -127,20 +132,21 @@ def _chunk_sums(table: np.ndarray, totals: np.ndarray, rng: np.random.Generator,
     sizes = np.full(nb, block, dtype=np.int64)
     sizes[-1] = m - block * (nb - 1)
     counts = rng.multinomial(totals.astype(np.int64), sizes / m) if nb > 1 else totals.astype(np.int64)[:, None]
-    buf = np.empty(int(counts.max(initial=0)) * R + 8, dtype=np.int32)
-    wt = torch.from_numpy(table)
-    with torch.no_grad():
-        for b in range(nb):
-            c = counts[:, b]
-            T = int(c.sum())
-            if T == 0:
-                continue
-            idx = _uniform_offsets(rng, int(sizes[b]), T, buf)
-            offs = np.empty(R, dtype=np.int32)
-            offs[0] = 0
-            np.cumsum(c[:-1], out=offs[1:])
-            s = F.embedding_bag(torch.from_numpy(idx), wt[b * block : b * block + int(sizes[b])], torch.from_numpy(offs), mode="sum")
-            out += s.numpy()
+    cap = int(counts.sum(axis=0).max(initial=0)) + 8
+    buf = np.empty(cap, dtype=np.int32)
+    ones = np.ones(cap, dtype=np.float32)
+    indptr = np.empty(R + 1, dtype=np.int32)
+    indptr[0] = 0
+    for b in range(nb):
+        c = counts[:, b]
+        T = int(c.sum())
+        if T == 0:
+            continue
+        size = int(sizes[b])
+        idx = _uniform_offsets(rng, size, T, buf)
+        np.cumsum(c, out=indptr[1:])
+        picks = csr_matrix((ones[:T], idx, indptr), shape=(R, size))
+        out += picks @ table[b * block : b * block + size]
     return out
 
 
@@ -157,8 +163,6 @@ def resample_sums(
 
     sparse=True requires the caller to combine with the fixed n (a mean): only nonzero rows are resampled.
     """
-    import torch
-
     cols = np.asarray(columns, dtype=np.float64)
     if cols.ndim == 1:
         cols = cols[:, None]
@@ -186,9 +190,6 @@ def resample_sums(
     out = np.empty((n_boot, k), dtype=np.float64)
 
     def run(ci: int) -> None:
-        # one core per worker: OpenMP's thread count is per calling thread, and nested/oversubscribed OpenMP
-        # spinning is several times slower on a shared box than one thread per worker
-        torch.set_num_threads(1)
         lo, hi = ci * chunk, min(n_boot, (ci + 1) * chunk)
         rng = np.random.Generator(np.random.SFC64(streams[ci]))
         R = hi - lo
@@ -200,16 +201,12 @@ def resample_sums(
         out[lo:hi] = s + totals[:, None] * center[None, :]
 
     workers = max(1, min(int(workers), n_chunks))
-    prev = torch.get_num_threads()
-    try:
-        if workers == 1:
-            for ci in range(n_chunks):
-                run(ci)
-        else:
-            with ThreadPoolExecutor(workers) as ex:
-                list(ex.map(run, range(n_chunks)))
-    finally:
-        torch.set_num_threads(prev)
+    if workers == 1:
+        for ci in range(n_chunks):
+            run(ci)
+    else:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(run, range(n_chunks)))
     return out, path
 
 

@@ -36,7 +36,6 @@ import numpy as np
 
 Kind = Literal["mean", "ratio", "mean_plus_ratio"]
 ESTIMATORS = ("replay", "ips", "snips", "dm", "dr", "sndr", "switch_dr")
-UNBIASED = ("ips", "snips", "dr", "sndr")  # (SNIPS/SNDR: consistent) those whose intervals should cover the truth
 
 
 def combine(kind: Kind, sums: np.ndarray, n) -> np.ndarray:
@@ -268,12 +267,14 @@ def fit_item_reward_model(
     """
     cand_item = np.asarray(cand_item, dtype=np.int64)
     cand_bucket = np.asarray(cand_bucket, dtype=np.int64)
-    keys_c = np.stack([cand_bucket, cand_item], axis=1)
-    uniq, inv_c = np.unique(keys_c, axis=0, return_inverse=True)
+    # one int64 key per (bucket, item): dense item codes so the packed key cannot overflow
+    items, item_code = np.unique(cand_item, return_inverse=True)
+    b_vals, b_code = np.unique(cand_bucket, return_inverse=True)
+    uniq, inv_c = np.unique(b_code.reshape(-1).astype(np.int64) * items.size + item_code.reshape(-1), return_inverse=True)
     inv_c = inv_c.reshape(-1)
     inv_r = inv_c[data.action_index]
-    K = uniq.shape[0]
-    buckets, b_inv = np.unique(uniq[:, 0], return_inverse=True)
+    K = uniq.size
+    buckets, b_inv = np.unique(uniq // items.size, return_inverse=True)
     b_inv = b_inv.reshape(-1)
     r = data.reward
     folds = max(int(folds), 1)

@@ -239,10 +239,10 @@ def _popularity(cands: Candidates) -> np.ndarray:
     reward = cands.logged_reward if cands.logged_reward is not None else np.ones(cands.logged_item.size)
     items, inv = np.unique(cands.logged_item, return_inverse=True)
     cnt = np.bincount(inv.reshape(-1), weights=reward, minlength=items.size)
-    pos = np.clip(np.searchsorted(items, cands.item_id), 0, max(items.size - 1, 0))
-    found = items.size > 0 and True
-    c = np.where(found & (items[pos] == cands.item_id), cnt[pos], 0.0) if items.size else np.zeros(cands.item_id.size)
-    return np.log1p(c)
+    if items.size == 0:
+        return np.zeros(cands.item_id.size)
+    pos = np.minimum(np.searchsorted(items, cands.item_id), items.size - 1)
+    return np.log1p(np.where(items[pos] == cands.item_id, cnt[pos], 0.0))
 
 
 def _ranker_scores(model_dir: Path, cands: Candidates, batch_requests: int = 256) -> np.ndarray:
