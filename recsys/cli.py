@@ -119,7 +119,7 @@ def features_build(
 @app.command()
 @user_errors
 def train(
-    config: Path = typer.Option(..., help="Training YAML, e.g. configs/longer.yaml."),
+    config: Optional[Path] = typer.Option(None, help="Training YAML, e.g. configs/longer.yaml (with --resume: default the run's saved config)."),
     data: Path = typer.Option(..., help="Training table directory (from `recsys features build`) or a data directory."),
     out: Path = typer.Option(..., help="Run directory: checkpoints, metrics.jsonl, config."),
     workers: int = typer.Option(1, help="Ray Train workers."),

@@ -1,0 +1,124 @@
+"""Functions run in spawned gloo processes by the multi-process trainer tests (importable by the children)."""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from recsys.data.batch import BatchSpec, build_batch
+from recsys.training import checkpoint as ckpt
+from recsys.training.config import TrainConfig
+from recsys.training.data import find_table_files, read_training
+from recsys.training.loop import build_training_model, shard_for_training
+from recsys.training.sharding import plan_summary
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn_name: str, kwargs: dict[str, Any]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=dt.timedelta(seconds=120))
+    try:
+        globals()[fn_name](rank=rank, world=world, **kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world: int, fn_name: str, **kwargs: Any) -> None:
+    """Run `fn_name(rank=, world=, **kwargs)` in `world` gloo processes; raises if any fails."""
+    mp.start_processes(_entry, args=(world, free_port(), fn_name, kwargs), nprocs=world, join=True, start_method="spawn")
+
+
+def train_config(sharding: str, **over: Any) -> TrainConfig:
+    d: dict[str, Any] = {
+        "model": {"name": "pooling", "embedding": {"dim": 16}, "hidden": [32]},
+        "data": {"batch_size": 32, "max_len": 16},
+        "sharding": {"sharding_types": [sharding]},
+        "device": "cpu",
+    }
+    d.update(over)
+    return TrainConfig.model_validate(d)
+
+
+def eval_rows(data_dir: str, n: int = 48):
+    return read_training(find_table_files(data_dir)).slice(0, n)
+
+
+# -- sharded forward == unsharded forward -------------------------------------------------------------------------
+def sharded_forward(rank: int, world: int, data_dir: str, spec: dict, out: str) -> None:
+    spec_o = BatchSpec(**spec)
+    rows = eval_rows(data_dir, 64)
+    mine = build_batch(rows.take(np.arange(rank, rows.num_rows, world)), spec_o)
+    report = {}
+    for st in ("row_wise", "table_wise", "column_wise"):
+        cfg = train_config(st)
+        torch.manual_seed(0)
+        model = build_training_model(cfg, spec_o)
+        plain = copy.deepcopy(model)
+        dmp, _opt, _dense, plan = shard_for_training(model, cfg, torch.device("cpu"))
+        types = set(plan_summary(plan).values())
+        assert types == {st}, f"asked for {st}, planner chose {types}"
+        sd = dmp.state_dict()
+        ckpt.copy_full_state_dict(sd, plain.state_dict())
+        dmp.load_state_dict(sd)
+        with torch.no_grad():
+            want = plain(mine)
+            got = dmp(mine)
+        report[st] = float((want - got).abs().max())
+    torch.save(report, Path(out) / f"report_{rank}.pt")
+
+
+# -- checkpoint resharding --------------------------------------------------------------------------------------
+def train_then_logits(rank: int, world: int, job: dict, **kwargs: Any) -> None:
+    """Train via the real worker function, then score from its latest checkpoint under another plan."""
+    from recsys.training.loop import train_worker
+
+    train_worker(job)
+    logits_from_checkpoint(rank, world, run_dir=job["run_dir"], **kwargs)
+
+
+def logits_from_checkpoint(rank: int, world: int, run_dir: str, data_dir: str, spec: dict, sharding: str, out: str,
+                           save_to: str | None = None) -> None:
+    """Load RUN_DIR's latest checkpoint into a fresh DMP of this world size under `sharding`; rank r scores rows
+    r::world of the eval rows; rank 0 writes all logits in row order. Optionally re-save under this plan."""
+    spec_o = BatchSpec(**spec)
+    cfg = train_config(sharding)
+    torch.manual_seed(123)  # different init: the load must overwrite every weight
+    model = build_training_model(cfg, spec_o)
+    dmp, opt, dense, plan = shard_for_training(model, cfg, torch.device("cpu"))
+    assert set(plan_summary(plan).values()) == {sharding}
+    latest = ckpt.latest_checkpoint(run_dir)
+    assert latest is not None
+    if dense is not None:
+        dense.init_state()
+    msd, osd = dmp.state_dict(), opt.state_dict()
+    meta = ckpt.load(latest, msd, osd)
+    dmp.load_state_dict(msd)
+    opt.load_state_dict(osd)
+    rows = eval_rows(data_dir)
+    idx = np.arange(rank, rows.num_rows, world)
+    with torch.no_grad():
+        logits = dmp(build_batch(rows.take(idx), spec_o)).numpy()
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, (idx, logits))
+    if rank == 0:
+        full = np.zeros(rows.num_rows, np.float32)
+        for i, lg in parts:
+            full[i] = lg
+        np.save(Path(out), full)
+    if save_to is not None:
+        ckpt.save(save_to, meta["step"], dmp.state_dict(), opt.state_dict(), {"epoch": meta["epoch"], "batch_in_epoch": meta["batch_in_epoch"]})
