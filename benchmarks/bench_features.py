@@ -122,13 +122,14 @@ def worker_polars(data: str, out: str, chunk: int, L: int, shards: int = 1) -> d
            .join(items.lazy(), on="item_id", how="left").rename({"category": "item_category"})
            .sort(["t", "user_id"], maintain_order=True)
            .collect())
-    right = hist.select("user_id", (pl.col("t") + 1).alias("t_next"), "row")  # event at t_e matches impressions t > t_e
+    # an event at t_e matches impressions with t > t_e; sorted once (join_asof needs the key sorted)
+    right = hist.select("user_id", (pl.col("t") + 1).alias("t_next"), "row").sort("t_next", maintain_order=True)
     outdir = Path(out, "training")
     outdir.mkdir(parents=True, exist_ok=True)
     total = 0
     for c in range(0, imp.height, chunk):
         part = imp.slice(c, chunk).with_row_index("i")
-        ends = (part.sort("t", maintain_order=True).join_asof(right.sort("t_next", maintain_order=True), left_on="t", right_on="t_next", by="user_id",
+        ends = (part.join_asof(right, left_on="t", right_on="t_next", by="user_id",
                                          strategy="backward")
                 .join(first, on="user_id", how="left").sort("i"))
         end = (ends["row"].fill_null(-1) + 1).to_numpy()
@@ -259,7 +260,8 @@ def main() -> None:
         print(json.dumps(res))
         return
     scales = [float(x) for x in a.scales.split(",")] if a.scales else ([0.5, 1.0] if a.full else [0.02, 0.08])
-    chunk = a.chunk or (50_000 if a.full else 10_000)
+    # quick: small chunks so that even the small size has many chunks (steady-state memory, not start-up)
+    chunk = a.chunk or (50_000 if a.full else 2_500)
     import polars as pl
 
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -275,7 +277,8 @@ def main() -> None:
             t = time.perf_counter()
             info = generate(d, sc)
             print(f"generated scale {sc}: {info} in {time.perf_counter() - t:.0f}s", flush=True)
-            runs = [("ours", chunk, 1)] + ([("ours", chunk // 4, 1), ("ours", chunk, 4)] if sc == scales[-1] else [])
+            runs = [("ours", chunk, 1)] + ([("ours", chunk // 4, 1), ("ours", chunk * 4, 1), ("ours", chunk, 4)]
+                                           if sc == scales[-1] else [])
             runs += [] if a.skip_polars else [("polars", chunk, 1)]
             for kind, ch, sh in runs:
                 out = tmp / f"out_{kind}_{sc}_{ch}_{sh}"

@@ -37,7 +37,14 @@ if n == 0 or #KEYS == 1 then return table.concat(m) end
 local ids = {}
 for i = 1, n do ids[i] = string.sub(m[i], 9, 16) end
 local vals = {}
-for a = 2, #KEYS do vals[a] = redis.call('HMGET', KEYS[a], unpack(ids)) end
+for a = 2, #KEYS do
+  local v = {}
+  for s = 1, n, 1000 do  -- unpack() has a small stack limit: look up at most 1000 ids per HMGET
+    local part = redis.call('HMGET', KEYS[a], unpack(ids, s, math.min(s + 999, n)))
+    for j = 1, #part do v[s + j - 1] = part[j] end
+  end
+  vals[a] = v
+end
 local out = {}
 for i = 1, n do
   out[#out + 1] = m[i]

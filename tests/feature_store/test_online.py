@@ -177,3 +177,14 @@ def test_bad_requests(open_store):
         s.get_sequences(["a"], T0)
     with pytest.raises(ValueError):
         s.get_sequences([1, 2], [T0, T0, T0])  # request times must match the users
+
+
+def test_long_sequences(open_store):
+    """L above the Lua unpack limit (~8000) still works (attribute lookups are batched)."""
+    n = 9000
+    s = open_store(max_len=n, chunk_size=1000)
+    s.put_items({"item_id": np.arange(n), "category": np.arange(n) + 7})
+    s.append({"user_id": np.ones(n, np.int64), "ts": T0 + np.arange(n), "item_id": np.arange(n),
+              "action": np.ones(n, np.int8), "domain": np.zeros(n, np.int32)})
+    seq = s.get_sequences([1], T0 + n)
+    assert seq.lengths.tolist() == [n] and (seq.category == np.arange(n) + 7).all()
