@@ -89,6 +89,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process (all threads): robust to other load on a shared machine, unlike wall time."""
+    t = os.times()
+    return t.user + t.system
+
+
 def release_freed_memory() -> None:
     """glibc keeps freed heap pages mapped; malloc_trim(0) hands them back (no-op elsewhere)."""
     try:
@@ -121,13 +127,13 @@ def case_ours(n: int, boot: int, estimator: str, workers: int) -> dict:
     release_freed_memory()  # the synthetic generator's freed chunks, so the bootstrap phase shows its own memory
     reset = reset_peak_rss()
     rss_before_boot = rss_mb()
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), cpu_s()
     r = bootstrap([est], n_boot=boot, seed=0, workers=workers)
-    t_boot = time.perf_counter() - t1
+    t_boot, c_boot = time.perf_counter() - t1, cpu_s() - c1
     peak_boot = rss_mb() if reset else float("nan")
     iv = r.interval(0)
     return {"impl": "recsys", "estimator": estimator, "n": v.size, "boot": boot, "workers": workers, "path": r.path,
-            "nonzero_fraction": float(np.count_nonzero(v) / v.size), "values_s": t_values, "bootstrap_s": t_boot,
+            "nonzero_fraction": float(np.count_nonzero(v) / v.size), "values_s": t_values, "bootstrap_s": t_boot, "bootstrap_cpu_s": c_boot,
             "value": value, "lo": iv.lo, "hi": iv.hi, "se": iv.se, "rss_after_imports_mb": rss0,
             "peak_rss_values_phase_mb": peak_values, "rss_before_bootstrap_mb": rss_before_boot,
             "peak_rss_bootstrap_phase_mb": peak_boot, "peak_rss_mb": max(peak_values, rss_mb())}
@@ -136,13 +142,13 @@ def case_ours(n: int, boot: int, estimator: str, workers: int) -> dict:
 def case_naive(n: int, boot: int, estimator: str) -> dict:
     v, value = per_round_values(n, estimator)
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     draws = np.empty(boot)
     for b in range(boot):
         draws[b] = v[rng.integers(0, n, n)].mean()
-    t = time.perf_counter() - t0
+    t, c = time.perf_counter() - t0, cpu_s() - c0
     lo, hi = np.quantile(draws, [0.025, 0.975])
-    return {"impl": "naive-numpy", "estimator": estimator, "n": n, "boot": boot, "bootstrap_s": t, "value": value,
+    return {"impl": "naive-numpy", "estimator": estimator, "n": n, "boot": boot, "bootstrap_s": t, "bootstrap_cpu_s": c, "value": value,
             "lo": float(lo), "hi": float(hi), "se": float(draws.std(ddof=1)), "peak_rss_mb": rss_mb()}
 
 
@@ -164,10 +170,10 @@ def case_obp(n: int, boot: int, estimator: str, obp_path: str) -> dict:
         kw["estimated_rewards_by_reg_model"] = qhat
     m = InverseProbabilityWeighting() if estimator == "ipw" else DoublyRobust()
     value = float(m.estimate_policy_value(**kw))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     ci = m.estimate_interval(**kw, n_bootstrap_samples=boot, alpha=0.05, random_state=0)
-    t = time.perf_counter() - t0
-    return {"impl": "sb-obp", "estimator": estimator, "n": n, "boot": boot, "bootstrap_s": t, "value": value,
+    t, c = time.perf_counter() - t0, cpu_s() - c0
+    return {"impl": "sb-obp", "estimator": estimator, "n": n, "boot": boot, "bootstrap_s": t, "bootstrap_cpu_s": c, "value": value,
             "abs_diff_point_vs_recsys": abs(value - float(ours.mean())),
             "lo": float(ci["95.0% CI (lower)"]), "hi": float(ci["95.0% CI (upper)"]), "peak_rss_mb": rss_mb()}
 
@@ -233,10 +239,10 @@ def main() -> None:
 
     targets = {"ipw": 1.5, "dr": 15.0}
     print()
-    print(f"{'estimator':9s} {'impl':12s} {'n':>10s} {'boot':>5s} {'bootstrap s':>12s} {'peak RSS MB':>12s} {'interval':>26s}")
+    print(f"{'estimator':9s} {'impl':12s} {'n':>10s} {'boot':>5s} {'bootstrap s':>12s} {'CPU s':>8s} {'peak RSS MB':>12s} {'interval':>26s}")
     for r in results:
         if "bootstrap_s" in r:
-            print(f"{r['estimator']:9s} {r['impl']:12s} {r['n']:>10d} {r['boot']:>5d} {r['bootstrap_s']:>12.2f} "
+            print(f"{r['estimator']:9s} {r['impl']:12s} {r['n']:>10d} {r['boot']:>5d} {r['bootstrap_s']:>12.2f} {r['bootstrap_cpu_s']:>8.2f} "
                   f"{r.get('peak_rss_mb', float('nan')):>12.0f} [{r['lo']:.6f}, {r['hi']:.6f}]")
     summary = {}
     for est in ("ipw", "dr"):
@@ -245,12 +251,17 @@ def main() -> None:
         if big:
             s.update(bootstrap_s=big["bootstrap_s"], peak_rss_mb=big["peak_rss_mb"], target_s=targets[est] if a.n == 10_000_000 else None,
                      meets_time=big["bootstrap_s"] <= targets[est] if a.n == 10_000_000 else None, meets_rss=big["peak_rss_mb"] <= 512)
+        if big:
+            s["bootstrap_cpu_s"] = big["bootstrap_cpu_s"]
+            s["idle_estimate_s"] = big["bootstrap_cpu_s"] / min(a.workers, os.cpu_count() or 1)
         if small and naive:
             s["speedup_vs_naive_same_n"] = naive["bootstrap_s"] / small["bootstrap_s"]
+            s["cpu_ratio_vs_naive_same_n"] = naive["bootstrap_cpu_s"] / small["bootstrap_cpu_s"]
         if big and naive:
             s["speedup_vs_naive_extrapolated_to_n"] = naive["bootstrap_s"] * (a.n / a.baseline_n) / big["bootstrap_s"]
         if small and obp:
             s["speedup_vs_obp_same_n"] = obp["bootstrap_s"] / small["bootstrap_s"]
+            s["cpu_ratio_vs_obp_same_n"] = obp["bootstrap_cpu_s"] / small["bootstrap_cpu_s"]
             s["obp_point_abs_diff"] = obp["abs_diff_point_vs_recsys"]
         if big and obp:
             s["speedup_vs_obp_extrapolated_to_n"] = obp["bootstrap_s"] * (a.n / a.baseline_n) / big["bootstrap_s"]

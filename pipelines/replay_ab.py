@@ -181,9 +181,8 @@ def _read_truth(logs: Path, cands: Candidates) -> np.ndarray | None:
     ctr = t["true_ctr"].combine_chunks()
     off = ctr.offsets.to_numpy().astype(np.int64)
     vals = ctr.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    pos = np.searchsorted(rid[np.argsort(rid)], cands.request_id)
-    order = np.argsort(rid)
-    pos = np.minimum(pos, rid.size - 1)
+    order = np.argsort(rid, kind="stable")
+    pos = np.minimum(np.searchsorted(rid[order], cands.request_id), rid.size - 1)
     found = rid[order][pos] == cands.request_id
     if not found.all():
         raise DataError(f"{p}: {int((~found).sum())} requests have no true_ctr row")
