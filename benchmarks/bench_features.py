@@ -3,7 +3,7 @@ faster than a polars join_asof version in the same run; online batch-get latency
 
 Measures, in one run:
 1. Offline build (feature_store.offline.build_training_table, incl. reading parquet and writing lz4 parquet) at two
-   data sizes with the same chunk size, and the large size again with a smaller chunk: impressions/min and peak
+   data sizes with the same chunk size, and the large size again with chunk/4, chunk*4 and 4 user shards: impressions/min and peak
    RSS (each build runs in a fresh subprocess; peak = its own ru_maxrss). Baseline in the same run: polars
    join_asof (backward, by user, on ts - 1 ms = strictly before) + int_ranges/explode/gather per chunk, lists built
    with pyarrow, written with polars' parquet writer (lz4). Both outputs are checked equal on the first impressions.
@@ -12,8 +12,9 @@ Measures, in one run:
 Data is shaped like PERF-NOTES.md: per-user history counts lognormal (median 45, p99 ~4.5k, max 20k), impressions
 drawn in proportion to activity, 30 days. Full size = 100k users / ~30M events / 2M impressions (--full).
 
-Usage: .venv/bin/python benchmarks/bench_features.py [--quick | --full] [--scales 0.02,0.08] [--chunk 10000]
-Writes benchmarks/results/features.json.
+Usage: .venv/bin/python benchmarks/bench_features.py [--quick | --full] [--scales 0.02,0.08] [--chunk 2500] [--tag x]
+Writes benchmarks/results/features.json (features_<tag>.json with --tag). Prints wall-clock throughput and, because
+the 2-core machines are shared, CPU time too (impressions per CPU-minute): compare ratios within one run.
 """
 from __future__ import annotations
 
@@ -246,6 +247,7 @@ def main() -> None:
     ap.add_argument("--online-users", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--skip-polars", action="store_true")
+    ap.add_argument("--tag", default="", help="results file suffix: features_<tag>.json")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--worker", choices=["ours", "polars"])
     ap.add_argument("--data")
@@ -323,8 +325,9 @@ def main() -> None:
     res_dir.mkdir(parents=True, exist_ok=True)
     meta["loadavg_end"] = os.getloadavg()
     print("load average at end:", meta["loadavg_end"])
-    (res_dir / "features.json").write_text(json.dumps({"config": meta, "offline": offline, "online": online}, indent=2))
-    print(f"\nwrote {res_dir / 'features.json'}")
+    name = f"features_{a.tag}.json" if a.tag else "features.json"
+    (res_dir / name).write_text(json.dumps({"config": meta, "offline": offline, "online": online}, indent=2))
+    print(f"\nwrote {res_dir / name}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Design (PERF-NOTES.md, measured fastest here): history events are sorted once (feature_store.history.SortedHistory);
 impressions are processed in chunks of `chunk_size` in time order; per chunk one `searchsorted` finds every window,
 one flat gather fills every sequence column, `pa.ListArray.from_arrays` wraps them without a copy, and the chunk is
-handed through a bounded queue to `writer_threads` writer threads (the parquet encoder releases the GIL). Memory is
-the sorted history (~30 bytes per history event, divided by `user_shards`) plus at most writer_threads + 2 chunks in
+handed to `writer_threads` writer threads (bounded: at most writer_threads + 1 chunks exist) (the parquet encoder releases the GIL). Memory is
+the sorted history (~30 bytes per history event, divided by `user_shards`) plus at most writer_threads + 1 chunks in
 flight (~chunk_size * mean sequence length * 30 bytes each). The number of impressions never matters; the number of
 history events matters only through the history term, which `user_shards` (one pass over the events per shard,
 users split by user_id & (shards-1)) divides, so memory stays bounded at any data size.
@@ -40,6 +40,9 @@ from recsys.data.schemas import TABLES, TRAINING, Action
 # Dictionary-encode only low-cardinality columns: trying (and abandoning) dictionaries on id lists costs ~20% of
 # the encoder's time, and the encoder is the ceiling of the whole build (PERF-NOTES.md).
 DICTIONARY_COLUMNS = ["domain", "position", "label", "policy", "seq_action", "seq_domain"]
+# Rows per parquet row group: the encoder's buffers scale with a row group, not with the chunk (and training readers
+# can stream row groups). ~2k impressions x mean sequence ~600 = ~1M values per list column.
+ROW_GROUP_ROWS = 2048
 IMPRESSION_COLUMNS = ["request_id", "ts", "user_id", "item_id", "domain", "position", "label", "policy", "propensity"]
 
 
@@ -107,14 +110,17 @@ def load_impressions(data_dir: str | Path, shard: tuple[int, int] | None = None)
 
 
 class _Writers:
-    """Writer threads fed by a bounded queue; each encodes whole chunks into their own part file."""
+    """Writer threads fed through a queue; each encodes whole chunks into their own part files.
+
+    Memory bound: the producer takes a slot before building a chunk and a writer gives it back once the chunk is
+    written, so at most writer_threads + 1 chunks exist at any time (writer_threads being encoded, one being built
+    or waiting)."""
 
     def __init__(self, out: Path, n: int, compression: str):
         self.out, self.compression = out, compression
-        self.q: queue.Queue = queue.Queue(maxsize=1)
+        self.q: queue.Queue = queue.Queue()
+        self.slots = threading.Semaphore(n + 1)
         self.error: BaseException | None = None
-        self.rows = 0
-        self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, name=f"training-writer-{i}", daemon=True) for i in range(n)]
         for t in self.threads:
             t.start()
@@ -124,26 +130,28 @@ class _Writers:
             item = self.q.get()
             if item is None:
                 return
-            if self.error is not None:
-                continue  # drain after a failure so the producer never blocks
             name, table = item
             try:
-                pq.write_table(table, self.out / f"{name}.parquet", compression=self.compression,
-                               use_dictionary=DICTIONARY_COLUMNS)
-                with self.lock:
-                    self.rows += table.num_rows
+                if self.error is None:  # after a failure: drain without writing
+                    pq.write_table(table, self.out / f"{name}.parquet", compression=self.compression,
+                                   use_dictionary=DICTIONARY_COLUMNS, row_group_size=ROW_GROUP_ROWS)
             except BaseException as e:  # surfaced to the producer
                 self.error = e
+            finally:
+                del table, item
+                self.slots.release()
 
-    def put(self, name: str, table: pa.Table) -> None:
-        while True:
+    def reserve(self) -> None:
+        """Wait for a free chunk slot (call before building a chunk)."""
+        while not self.slots.acquire(timeout=0.5):
             if self.error is not None:
                 raise self.error
-            try:
-                self.q.put((name, table), timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        if self.error is not None:
+            self.slots.release()
+            raise self.error
+
+    def put(self, name: str, table: pa.Table) -> None:
+        self.q.put((name, table))
 
     def close(self) -> None:
         for _ in self.threads:
@@ -219,6 +227,7 @@ def build_training_table(data_dir: str | Path, out_dir: str | Path, cfg: Feature
             if imp.num_rows == 0 and (k < shards - 1 or files):
                 continue
             for c in range(max(n_chunks, 1)):  # an empty table still gets one (empty) part file
+                writers.reserve()
                 sl = imp.slice(c * cfg.chunk_size, cfg.chunk_size)
                 user = sl["user_id"].to_numpy()
                 ts = _ts_ms(sl["ts"])
