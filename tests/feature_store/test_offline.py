@@ -196,3 +196,23 @@ def test_cli_features_build(data, tmp_path):
     r = CliRunner().invoke(app, ["features", "build", "--data", str(root), "--out", str(tmp_path),
                                  "--set", "max_len=-1"])
     assert r.exit_code == 2 and "max_len" in r.output
+
+
+def test_writer_failure_surfaces_and_leaves_no_table(data, tmp_path, monkeypatch):
+    """A failing part-file write (disk full, ...) fails the build; no half-built training dir becomes visible."""
+    import feature_store.offline as off
+
+    root, _, _ = data
+    calls = {"n": 0}
+    real = off.pq.write_table
+
+    def flaky(table, path, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("No space left on device")
+        return real(table, path, **kw)
+
+    monkeypatch.setattr(off.pq, "write_table", flaky)
+    with pytest.raises(OSError, match="No space left"):
+        build_training_table(root, tmp_path, _cfg(max_len=3, chunk_size=5))
+    assert not (tmp_path / "training").exists()
