@@ -70,7 +70,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path, kill_after):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     acked = []
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while len(acked) < kill_after and time.time() < deadline:
             line = proc.stdout.readline()
             if not line:
