@@ -193,7 +193,9 @@ def train_worker(job: dict[str, Any]) -> dict[str, Any] | None:
 
 def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], resume: bool, ctx: DistContext):
     device = ctx.device
-    torch.set_num_threads(max(1, int(os.environ.get("RECSYS_THREADS_PER_WORKER", "0")) or torch.get_num_threads()))
+    threads = int(os.environ.get("RECSYS_THREADS_PER_WORKER", "0"))  # set by the Ray launcher: cores / workers
+    if threads > 0:
+        torch.set_num_threads(threads)
     seed_everything(cfg.seed)  # same on every rank: identical dense init (DDP also broadcasts rank 0's)
     model = build_training_model(cfg, spec)
     dmp, optimizer, dense, plan = shard_for_training(model, cfg, device)

@@ -122,3 +122,9 @@ def logits_from_checkpoint(rank: int, world: int, run_dir: str, data_dir: str, s
         np.save(Path(out), full)
     if save_to is not None:
         ckpt.save(save_to, meta["step"], dmp.state_dict(), opt.state_dict(), {"epoch": meta["epoch"], "batch_in_epoch": meta["batch_in_epoch"]})
+
+
+def train_steps_only(rank: int, world: int, job: dict) -> None:
+    from recsys.training.loop import train_worker
+
+    train_worker(job)

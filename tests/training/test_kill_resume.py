@@ -17,7 +17,7 @@ from recsys.training.checkpoint import latest_checkpoint, read_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 RECSYS = str(Path(sys.executable).with_name("recsys"))
-EPOCHS, PER_EPOCH = 8, 28  # 3600 train rows / (2 workers x 64)
+EPOCHS, PER_EPOCH = 6, 28  # 3600 train rows / (2 workers x 64)
 TOTAL = EPOCHS * PER_EPOCH
 
 
