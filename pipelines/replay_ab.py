@@ -48,7 +48,7 @@ class ReplayConfig(StrictModel):
     n_bootstrap: int = Field(1000, ge=10)
     alpha: float = Field(0.05, gt=0, lt=1)  # (1 - alpha) intervals
     seed: int = 0
-    workers: int = Field(1, ge=1)  # bootstrap worker threads
+    workers: int = Field(2, ge=1)  # bootstrap worker threads (results do not depend on it)
     k: int = Field(10, ge=1)  # K of HR@K / NDCG@K
     default_rule: str = "softmax(temperature=1.0)"  # probability rule for SPECs without '@RULE'
     reward_model: Literal["item_mean", "truth"] = "item_mean"
