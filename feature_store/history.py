@@ -122,12 +122,25 @@ class SortedHistory:
 
     def __init__(self, user_ids: np.ndarray, ts: np.ndarray, item_id: np.ndarray, action: np.ndarray,
                  domain: np.ndarray, attrs: Mapping[str, np.ndarray] | None = None, dedup: bool = True):
-        n = len(ts)
-        for name, a in (("user_id", user_ids), ("item_id", item_id), ("action", action), ("domain", domain)):
+        cols = {"user_id": user_ids, "ts": ts, "item_id": item_id, "action": action, "domain": domain}
+        self._build(cols, dict(attrs or {}), dedup)
+
+    @classmethod
+    def consume(cls, cols: dict[str, np.ndarray], attrs: dict[str, np.ndarray], dedup: bool = True) -> "SortedHistory":
+        """Build from columns the caller hands over: `cols`/`attrs` are emptied as they are sorted, so each input
+        array is freed as soon as its sorted copy exists (peak ~45 bytes per event instead of twice the input)."""
+        self = cls.__new__(cls)
+        self._build(cols, attrs, dedup)
+        return self
+
+    def _build(self, cols: dict[str, np.ndarray], attrs: dict[str, np.ndarray], dedup: bool) -> None:
+        n = len(cols["ts"])
+        for name in ("user_id", "item_id", "action", "domain", *attrs):
+            a = cols.get(name, attrs.get(name))
             if len(a) != n:
                 raise DataError(f"history column '{name}' has {len(a)} rows, ts has {n}")
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        ts = np.asarray(ts, dtype=np.int64)
+        user_ids = np.asarray(cols.pop("user_id"), dtype=np.int64)
+        ts = np.asarray(cols.pop("ts"), dtype=np.int64)
         self.users = np.unique(user_ids)  # sorted distinct user ids -> dense index
         self.ts0 = int(ts.min()) if n else 0
         span = int(ts.max()) - self.ts0 if n else 0
@@ -139,14 +152,20 @@ class SortedHistory:
                 f"({user_bits} bits left for users)"
             )
         uidx = np.searchsorted(self.users, user_ids)
-        key = (uidx << self.ts_bits) | (ts - self.ts0)
+        del user_ids
+        key = ts - self.ts0
+        del ts
+        uidx <<= self.ts_bits
+        key |= uidx
         del uidx
         perm = np.argsort(key)
         key = key[perm]
-        self.item_id = np.asarray(item_id, dtype=np.int64)[perm]
-        self.action = np.asarray(action, dtype=np.int8)[perm]
-        self.domain = np.asarray(domain, dtype=np.int32)[perm]
-        self.attrs = {k: np.asarray(v)[perm] for k, v in (attrs or {}).items()}
+        self.item_id = np.asarray(cols.pop("item_id"), dtype=np.int64)[perm]
+        self.action = np.asarray(cols.pop("action"), dtype=np.int8)[perm]
+        self.domain = np.asarray(cols.pop("domain"), dtype=np.int32)[perm]
+        self.attrs = {}
+        for k in list(attrs):
+            self.attrs[k] = np.asarray(attrs.pop(k))[perm]
         del perm
         self.key = key
         self.n_duplicates = 0

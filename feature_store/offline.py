@@ -87,12 +87,14 @@ def load_history(data_dir: str | Path, cfg: FeatureConfig, items: ItemAttributes
     codes = pa.array(cfg.history_codes, type=pa.int8())
     ev = read_table(data_dir, "events", columns=["ts", "user_id", "item_id", "domain", "action"],
                     filter=_and(pc.is_in(pc.field("action"), codes), _shard_filter(shard)))
-    item = ev["item_id"].to_numpy()
-    attrs = {a: items.lookup(a, item, cfg.on_unknown_item, cfg.unknown_item_value, source=f"{data_dir}/events")
-             for a in cfg.seq_item_attributes}
-    user, ts, action, domain = ev["user_id"].to_numpy(), _ts_ms(ev["ts"]), ev["action"].to_numpy(), ev["domain"].to_numpy()
+    # numpy columns, then the Arrow table is released and the columns are handed over (consumed) to the sort
+    cols = {"ts": _ts_ms(ev["ts"])}
+    for c in ("user_id", "item_id", "action", "domain"):
+        cols[c] = ev[c].to_numpy()
     del ev
-    return SortedHistory(user, ts, item, action, domain, attrs, dedup=cfg.dedup)
+    attrs = {a: items.lookup(a, cols["item_id"], cfg.on_unknown_item, cfg.unknown_item_value,
+                             source=f"{data_dir}/events") for a in cfg.seq_item_attributes}
+    return SortedHistory.consume(cols, attrs, dedup=cfg.dedup)
 
 
 def load_impressions(data_dir: str | Path, shard: tuple[int, int] | None = None) -> pa.Table:
