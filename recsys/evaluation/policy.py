@@ -265,10 +265,12 @@ def _ranker_scores(model_dir: Path, cands: Candidates, batch_requests: int = 256
 
     loaded = load_exported(model_dir)  # ExportedModel(model, spec, info)
     model, spec = (loaded.model, loaded.spec) if hasattr(loaded, "spec") else (loaded, BatchSpec())
-    fcfg = load_feature_config(None)
-    item_ids, item_vals = read_attributes(cands.logs_dir, "items", "item_id", fcfg.item_attributes)
-    items = ItemAttributes(item_ids, item_vals)
-    hist = load_history(cands.logs_dir, fcfg, items)
+    if "ranker_history" not in cands.extra:  # sorted once, shared by both policies of a replay
+        fcfg = load_feature_config(None)
+        item_ids, item_vals = read_attributes(cands.logs_dir, "items", "item_id", fcfg.item_attributes)
+        items = ItemAttributes(item_ids, item_vals)
+        cands.extra["ranker_history"] = (items, load_history(cands.logs_dir, fcfg, items))
+    items, hist = cands.extra["ranker_history"]
     cat_flat = items.lookup("category", cands.item_id, "fill", 0, source="requests (candidates)")
     model.eval()
     out = np.empty(cands.item_id.size, dtype=np.float64)
