@@ -52,20 +52,21 @@ def _resolve_data(data: Path, run_dir: Path) -> list[Path]:
 
 
 def _load_config(config: Path | None, run_dir: Path, resume: bool, overrides: list[str] | None) -> TrainConfig:
+    """New run: --config + --set. Resume: the run's saved config + --set, or --config + --set when given, whose
+    `model:` block must then equal the saved one (the checkpoint holds that architecture)."""
     saved = run_dir / "config.yaml"
     if resume and saved.exists():
         base = validate(TrainConfig, read_yaml(saved), str(saved))
-        if config is not None:
-            given = validate(TrainConfig, read_yaml(config), str(config))
-            diff = [k for k in TrainConfig.model_fields if getattr(given, k) != getattr(base, k)]
-            if diff:
-                raise ConfigError(f"--resume: {config} differs from the run's {saved} in {diff}; "
-                                  "resume without --config (or change fields with --set)")
-        return validate(TrainConfig, apply_overrides(base.model_dump(mode="json"), overrides), f"{saved} + --set")
+        if config is None:
+            return validate(TrainConfig, apply_overrides(base.model_dump(mode="json"), overrides), f"{saved} + --set")
+        given = validate(TrainConfig, apply_overrides(read_yaml(config), overrides), str(config))
+        if given.model != base.model:
+            raise ConfigError(f"--resume: the model block of {config} differs from the run's {saved}; "
+                              "a checkpoint only resumes into the architecture it was trained with")
+        return given
     if config is None:
         raise ConfigError("--config is required for a new run")
-    data = apply_overrides(read_yaml(config), overrides)
-    return validate(TrainConfig, data, str(config))
+    return validate(TrainConfig, apply_overrides(read_yaml(config), overrides), str(config))
 
 
 def prepare_run(config: Path | None, data: Path, out: Path, resume: bool, overrides: list[str] | None) -> dict[str, Any]:
@@ -165,15 +166,19 @@ def _run_ray(job: dict[str, Any], workers: int, use_gpu: bool) -> None:
     tmp = tempfile.mkdtemp(prefix="recsys-ray-")  # short: Ray's unix socket paths must stay < 108 bytes
     (run_dir / RAY_TEMP_FILE).write_text(tmp)
     cores = os.cpu_count() or 1
-    threads = max(1, cores // workers)
+    threads = int(os.environ.get("RECSYS_THREADS_PER_WORKER") or max(1, cores // workers))  # intra-op threads per worker
     try:
-        ray.init(
-            num_cpus=max(cores, workers) + 2,  # above the core count: Ray's own tasks never starve (STACK.md)
-            _temp_dir=tmp,
-            include_dashboard=False,
-            log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "RECSYS_THREADS_PER_WORKER": str(threads), "OMP_NUM_THREADS": str(threads)}},
-        )
+        runtime_env = {"env_vars": {"RAY_AUTH_MODE": "disabled", "RECSYS_THREADS_PER_WORKER": str(threads), "OMP_NUM_THREADS": str(threads)}}
+        if os.environ.get("RAY_ADDRESS"):  # an existing cluster: it owns its resources and temp dirs
+            ray.init(runtime_env=runtime_env, log_to_driver=True)
+        else:
+            ray.init(
+                num_cpus=max(cores, workers) + 2,  # above the core count: Ray's own tasks never starve (STACK.md)
+                _temp_dir=tmp,
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env=runtime_env,
+            )
         trainer = TorchTrainer(
             train_worker,
             train_loop_config=job,

@@ -235,6 +235,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
 
     final: dict[str, Any] | None = None
     saved_step = step if latest is not None else -1
+    evaluated_end = False  # same value on every rank (evaluation is collective)
     t_last, ex_last, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
     while step < total_steps and epoch < cfg.epochs:
         rows = tdata.rank_rows(n_train, ctx.rank, ctx.world_size, cfg.seed, epoch, cfg.data.shuffle)
@@ -281,6 +282,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
         else:
             end_of_epoch = False
         if end_of_epoch or step >= total_steps:
+            evaluated_end = step >= total_steps
             res = evaluate(dmp, split.validation, ctx, spec, cfg)
             if ctx.is_main and res is not None:
                 final = {"kind": "eval", "step": step, "epoch": epoch - 1 if end_of_epoch else epoch,
@@ -288,6 +290,11 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
                 append_metrics(run_dir, final)
                 log(ctx, f"eval step={step}: auc={res['overall'].get('auc', float('nan')):.4f} logloss={res['overall'].get('logloss', float('nan')):.4f}")
             t_last = time.perf_counter()
+    if not evaluated_end:  # resumed at the very end (killed after the last step, before its eval): evaluate now
+        res = evaluate(dmp, split.validation, ctx, spec, cfg)
+        if ctx.is_main and res is not None:
+            final = {"kind": "eval", "step": step, "epoch": epoch, "final": True, "time": time.time(), **res}
+            append_metrics(run_dir, final)
     if saved_step != step:
         _save(run_dir, step, epoch, batch_in_epoch, dmp, optimizer, cfg, ctx)
     if ctx.is_main:

@@ -98,3 +98,20 @@ def test_adam_pp_step_size_grows_and_solves_least_squares():
     opt2 = AdamPP([x.detach().clone().requires_grad_()], lr=1e-4)
     opt2.load_state_dict(sd)
     assert opt2.param_groups[0]["eta"] == opt.param_groups[0]["eta"]
+
+
+def test_resume_config_rules(tmp_path):
+    from pipelines.train_ranker import _load_config
+    from recsys.config import dump_config
+
+    saved = load_config(TrainConfig, "configs/pooling.yaml", ["epochs=3"])
+    dump_config(saved, tmp_path / "config.yaml")
+    # no --config: the saved one, --set still applies
+    assert _load_config(None, tmp_path, True, ["epochs=5"]).epochs == 5
+    assert _load_config(None, tmp_path, True, None).epochs == 3
+    # --config with the same model block: accepted (trainer knobs may change)
+    assert _load_config("configs/pooling.yaml", tmp_path, True, ["epochs=4"]).epochs == 4
+    with pytest.raises(ConfigError, match="model block"):
+        _load_config("configs/pooling.yaml", tmp_path, True, ["model.hidden=[8]"])
+    with pytest.raises(ConfigError, match="--config is required"):
+        _load_config(None, tmp_path / "new", False, None)
