@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -140,9 +141,12 @@ class ProductKeyMemory(nn.Module):
                 flat = grid.topk(c.top_k, dim=-1).indices
                 slots_l.append(i1.gather(-1, flat // k) * c.n_keys + i2.gather(-1, flat % k))
             slots = torch.cat(slots_l) if slots_l else query.new_zeros(0, c.heads, c.top_k, dtype=torch.long)
-        a, b = slots // c.n_keys, slots % c.n_keys
-        h = torch.arange(c.heads, device=query.device).view(1, -1, 1)
-        scores = (q1.unsqueeze(2) * k1[h, a]).sum(-1) + (q2.unsqueeze(2) * k2[h, b]).sum(-1)
+        # gather the chosen sub-keys as embedding rows (cheap scatter-add backward) and score them with a batched
+        # matmul: [N, H, 1, half] x [N, H, half, K]
+        base = (torch.arange(c.heads, device=query.device) * c.n_keys).view(1, -1, 1)
+        g1 = F.embedding(slots // c.n_keys + base, k1.reshape(-1, self.half))  # [N, H, K, half]
+        g2 = F.embedding(slots % c.n_keys + base, k2.reshape(-1, self.half))
+        scores = torch.einsum("nhd,nhkd->nhk", q1, g1) + torch.einsum("nhd,nhkd->nhk", q2, g2)
         # (recomputed scores equal the selection's up to float rounding; the slot order is the selection's)
         return scores, slots
 

@@ -18,12 +18,16 @@ did with the item, keyed by (user, item). `aux_loss` returns L_mem already weigh
 loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the sub-keys and the query MLP.
 
 [ours] other decisions:
-- `memory_len`: only the newest `memory_len` real history items read the memory (None = all). The sub-key scoring is
-  the dominant cost (queries x n_keys x key_dim per axis, plus two top-k); at L=2000 reading every item costs ~10x a
-  256-item window on the 2-core CPU machine. Older items still take part in the target attention through their
+- `memory_len`: only the newest `memory_len` real history items read the memory (None = all, up to max_len). The
+  memory's cost is linear in the number of reads (sub-key scoring: reads x n_keys x key_dim per axis, plus top-k);
+  at B=64, L=1000-2000 a train step reading every item took ~2.3x the 256-item window's on the shared 2-core CPU
+  machine (benchmarks/lmn_memory.py). Older items still take part in the target attention through their
   item/category embeddings.
 - Memory size, K, dims and options (UltraMem LayerNorms / sigmoid scores) live in `memory` (ProductKeyMemoryConfig);
-  the value table is the TorchRec table `memory.table_name` so DistributedModelParallel shards it.
+  the value table is the TorchRec table `memory.table_name` so DistributedModelParallel shards it. The lookup has a
+  fixed number of bags per user (min(memory_len, max_len), empty where there is no read), because a sharded
+  table's output exchange needs the same lookup batch size on every rank while the number of reads varies.
+  Requirement for the trainer: the same batch size on every rank (the context EBC needs it anyway).
 - Target attention is scaled dot-product (not DIN's MLP scorer) so scoring C candidates against L items stays
   a pair of batched matmuls.
 """
@@ -76,30 +80,32 @@ class LMNRanker(Ranker):
         super().__init__()
         self.cfg = cfg
         # bags per user in the value-table lookup: fixed, so a sharded lookup has the same batch size on every rank
-        self.window = cfg.memory_len if cfg.memory_len is not None else spec.max_len
+        self.max_len = spec.max_len
+        self.window = min(cfg.memory_len or spec.max_len, spec.max_len)
         d, m = cfg.embedding.dim, cfg.memory
         self.embedder = SparseEmbedder(spec, cfg.embedding)
         self.query_net = MLP(3 * d, cfg.query_hidden, m.heads * m.key_dim)
         self.memory = ProductKeyMemory(m)
         self.decoder = nn.Linear(m.value_dim, 3 * d)
         H, a = cfg.att_heads, cfg.att_dim
-        self.kv = nn.Linear(2 * d + m.value_dim, 2 * H * a)
+        # keys/values of token [item, category, readout]: one Linear split in two, so the readout part is computed
+        # only at the read positions (the readout is 0 elsewhere)
+        self.kv = nn.Linear(2 * d, 2 * H * a)
+        self.kv_mem = nn.Linear(m.value_dim, 2 * H * a, bias=False)
         self.q = nn.Linear(2 * d, H * a)
         self.head = MLP(H * a + 4 * d, cfg.hidden)
 
     # -- user side -----------------------------------------------------------------------------------------
     def memory_mask(self, e: EmbeddedBatch) -> torch.Tensor:
         """[B, L] positions that read the memory: real items within the newest `memory_len`."""
-        if self.cfg.memory_len is None:
-            return e.mask
         L = e.mask.shape[1]
         pos = torch.arange(L, device=e.mask.device).unsqueeze(0)
-        return e.mask & (pos >= (e.lengths.unsqueeze(1) - self.cfg.memory_len))
+        return e.mask & (pos >= (e.lengths.unsqueeze(1) - self.window))
 
     def encode(self, e: EmbeddedBatch) -> LMNState:
         B, L = e.mask.shape
-        if self.cfg.memory_len is None and L > self.window:
-            raise ValueError(f"memory_len: null reads every item, but the batch has L={L} > BatchSpec.max_len={self.window}")
+        if L > self.max_len:
+            raise ValueError(f"batch history length {L} exceeds the model's BatchSpec.max_len={self.max_len}")
         item, cat = e.seq["seq_item_id"], e.seq["seq_category"]
         b, l = self.memory_mask(e).nonzero(as_tuple=True)
         user_rows = e.user[b]
@@ -110,10 +116,9 @@ class LMNRanker(Ranker):
         read = self.memory.read(self.query_net(torch.cat([item_rows, cat_rows, user_rows], -1)), bag, B * self.window)
         readout, slots = read.out, read.slots
         target = torch.cat([item_rows + cat_rows, e.seq["seq_action"][b, l], user_rows], -1).detach()
-        mem = item.new_zeros(B, L, self.cfg.memory.value_dim).index_put((b, l), readout)
         H, a = self.cfg.att_heads, self.cfg.att_dim
-        kv = self.kv(torch.cat([item, cat, mem], -1)).view(B, L, 2, H, a)
-        keys, values = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, H, L, a]
+        kv = self.kv(torch.cat([item, cat], -1)).index_put((b, l), self.kv_mem(readout), accumulate=True)
+        keys, values = (t.transpose(1, 2) for t in kv.view(B, L, 2, H, a).unbind(2))  # [B, H, L, a] each
         return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target)
 
     def encode_user(self, batch: RankingBatch) -> LMNState:

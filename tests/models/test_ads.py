@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.config import load_config
+from recsys.config import read_yaml, validate
 from recsys.data.batch import build_batch
 from recsys.models.ads import ADSConfig, ADSRanker
 from tests.models.ranking_rows import SPEC, assert_two_stage_matches, random_rows, rule_rows, train_losses
@@ -19,8 +19,15 @@ def _model(**kw) -> ADSRanker:
 
 
 def test_yaml_config_loads():
-    cfg = load_config(ADSConfig, "configs/ads.yaml")
+    cfg = validate(ADSConfig, read_yaml("configs/ads.yaml")["model"], "configs/ads.yaml")
     assert cfg.name == "ads" and cfg.combine in ("sum", "product")
+
+
+def test_yaml_is_a_valid_training_config():
+    training = pytest.importorskip("recsys.training.config")
+    from recsys.config import load_config
+
+    assert load_config(training.TrainConfig, "configs/ads.yaml").model.name == "ads"
 
 
 @pytest.mark.parametrize("combine", ["sum", "product"])
@@ -68,7 +75,7 @@ def test_pcrg_generates_several_queries_per_candidate():
     w, b = model.pcrg.generate(z)
     assert w.shape == (2, 3, 16, 8) and b.shape == (2, 3, 8)
     cand = torch.randn(2, 5, 16)
-    q = model.pcrg.apply(cand, w, b)
+    q = model.pcrg.project(cand, w, b)
     assert q.shape == (2, 5, 3, 8)
     torch.testing.assert_close(q[1, 4, 2], cand[1, 4] @ w[1, 2] + b[1, 2])
 
@@ -106,6 +113,6 @@ def test_two_stage_equals_forward_with_many_candidates(combine):
 def test_model_trains_on_a_domain_dependent_problem():
     rows = rule_rows(1024, seed=0)
     model = _model()
-    losses = train_losses(model, rows, steps=150)
+    losses = train_losses(model, rows, steps=80)
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < 0.75 * first, (first, last)
