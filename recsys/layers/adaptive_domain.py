@@ -85,7 +85,7 @@ class PCRG(nn.Module):
         return self.gen.generate(z)
 
     @staticmethod
-    def apply(cand: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def project(cand: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """cand [B, C, in], w [B, Q, in, dim], b [B, Q, dim] -> [B, C, Q, dim]."""
         return torch.einsum("bci,bqio->bcqo", cand, w) + b.unsqueeze(1)
 

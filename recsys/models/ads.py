@@ -93,7 +93,7 @@ class ADSRanker(Ranker):
         """item, cat: [B, C, d] -> logits [B, C]."""
         B, C, _ = item.shape
         Q, s = self.cfg.n_queries, self.cfg.seq_dim
-        q = PCRG.apply(torch.cat([item, cat], -1), state.q_weight, state.q_bias).reshape(B, C * Q, s)
+        q = PCRG.project(torch.cat([item, cat], -1), state.q_weight, state.q_bias).reshape(B, C * Q, s)
         att = masked_target_attention(q, state.seq, state.seq, state.mask).view(B, C, Q * s)
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
         return self.head(torch.cat([att, item, cat, ctx], -1)).squeeze(-1)
