@@ -263,7 +263,7 @@ def main() -> None:
         return
     scales = [float(x) for x in a.scales.split(",")] if a.scales else ([0.5, 1.0] if a.full else [0.02, 0.08])
     # quick: small chunks so that even the small size has many chunks (steady-state memory, not start-up)
-    chunk = a.chunk or (50_000 if a.full else 2_500)
+    chunk = a.chunk or (10_000 if a.full else 2_500)
     import polars as pl
 
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),

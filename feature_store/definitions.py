@@ -54,8 +54,11 @@ class FeatureConfig(StrictModel):
     sequence_fields: list[str] = Field(default_factory=lambda: list(CONTRACT_SEQ_FIELDS))
     item_attributes: list[str] = Field(default_factory=lambda: ["category"])
     user_attributes: list[str] = Field(default_factory=list)
-    # Impressions per chunk: sets the memory of the offline build (about chunk_size * L * 30 bytes per chunk in flight).
-    chunk_size: int = Field(default=50_000, ge=1)
+    # Impressions per chunk (and per part file): sets the memory of the offline build, about
+    # (writer_threads + 1) * chunk_size * mean sequence length * 25 bytes. PERF-NOTES used ~50k; measured here
+    # (benchmarks/bench_features.py, same run) 10k was as fast per CPU-second as 2.5k and faster than 40k, at a
+    # third of 40k's memory, so 10k is the default.
+    chunk_size: int = Field(default=10_000, ge=1)
     # Users are processed in this many shards (user_id & (shards-1)), one pass over the events each: the sorted
     # history in memory is then ~1/shards of all history events, so memory stays bounded as the data grows.
     user_shards: int = Field(default=1, ge=1)
