@@ -8,6 +8,12 @@ Lockstep: sharded lookups are collectives, so every rank must run the same numbe
 all_reduce MIN over per-rank batch counts (the few rows past it are dropped for that epoch); evaluation uses MAX and
 ranks that run out re-run their last batch and discard the result, so every validation row is scored exactly once.
 
+Resume (`--resume`): model, optimizer state, step, data position (epoch + batch index of the seeded permutation)
+and every rank's RNG come back, so a resumed run with the same worker count replays exactly the batches and losses
+of an uninterrupted one (tested). With another worker count the checkpoint reshards, the RNGs are re-seeded, the
+step budget is recomputed for the new global batch, and the interrupted epoch continues at the same batch index
+under the new partition (some of that epoch's rows may repeat or be skipped).
+
 Progress: rank 0 appends JSON lines to RUN_DIR/metrics.jsonl:
   {"kind": "train", "step", "epoch", "loss", "lr", "examples_per_s", "time"}     every log_every_steps
   {"kind": "eval", "step", "epoch", "final", "overall": {auc, gauc, logloss, n, ctr}, "per_domain": {d: {...}}}
@@ -72,22 +78,14 @@ def build_training_model(cfg: TrainConfig, spec: BatchSpec) -> Ranker:
 
 def shard_for_training(model: nn.Module, cfg: TrainConfig, device: torch.device):
     """Apply the fused embedding optimizer, shard with DMP, and build the combined (fused + dense) optimizer."""
-    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    from recsys.training.sharding import make_plan, make_sharders
+    from recsys.training.sharding import shard
 
     apply_embedding_optimizer(model, cfg.optimizer)
-    plan = make_plan(model, cfg.sharding, device, cfg.data.batch_size)
-    dmp = DistributedModelParallel(
-        module=model,
-        device=device,
-        plan=plan,
-        sharders=make_sharders(),
-        # static_graph (TorchRec's default) also tolerates dense params a forward never uses (serving-only paths)
-        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=True),
-    )
+    dmp = shard(model, cfg.sharding, device, cfg.data.batch_size)
+    plan = dmp.plan
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     opts: list[Any] = [dmp.fused_optimizer]
     dense = None

@@ -104,8 +104,17 @@ def shard(
     model: nn.Module, cfg: ShardingConfig, device: torch.device, batch_size: int, pg: dist.ProcessGroup | None = None
 ) -> DistributedModelParallel:
     """Wrap `model` (embedding optimizer already applied in backward) in DMP: tables sharded, dense parts DDP."""
+    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper
+
     plan = make_plan(model, cfg, device, batch_size, pg)
-    return DistributedModelParallel(module=model, device=device, plan=plan, sharders=make_sharders())
+    return DistributedModelParallel(
+        module=model,
+        device=device,
+        plan=plan,
+        sharders=make_sharders(),
+        # static_graph (TorchRec's default) also tolerates dense params a forward never uses (serving-only paths)
+        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=True),
+    )
 
 
 def plan_summary(plan: ShardingPlan) -> dict[str, str]:
