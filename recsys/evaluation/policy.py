@@ -276,6 +276,9 @@ def _ranker_scores(model_dir: Path, cands: Candidates, batch_requests: int = 256
     out = np.empty(cands.item_id.size, dtype=np.float64)
     sizes = np.diff(cands.offsets)
     with torch.no_grad():
+        from tqdm import tqdm
+
+        bar = tqdm(total=cands.n_requests, desc=f"scoring {Path(model_dir).name}", unit="req", mininterval=2.0)
         for lo in range(0, cands.n_requests, batch_requests):
             hi = min(cands.n_requests, lo + batch_requests)
             user, ts = cands.user_id[lo:hi], cands.ts[lo:hi]
@@ -304,6 +307,8 @@ def _ranker_scores(model_dir: Path, cands: Candidates, batch_requests: int = 256
             pad_c.reshape(-1)[sel] = cat_flat[flat] % spec.size("item_category")
             logits = model.score(state, CandTensor(torch.from_numpy(pad_i), torch.from_numpy(pad_c)))
             out[flat] = logits.detach().cpu().double().numpy().reshape(-1)[sel]
+            bar.update(hi - lo)
+        bar.close()
     return out
 
 
