@@ -176,7 +176,9 @@ def _run_ray(job: dict[str, Any], workers: int, use_gpu: bool) -> None:
                 num_cpus=max(cores, workers) + 2,  # above the core count: Ray's own tasks never starve (STACK.md)
                 _temp_dir=tmp,
                 include_dashboard=False,
-                log_to_driver=True,
+                # the driver's bar (from metrics.jsonl) is the progress view; worker stdout would duplicate it and
+                # interleave Ray Train's controller chatter. Worker failures still surface through trainer.fit().
+                log_to_driver=False,
                 runtime_env=runtime_env,
             )
         trainer = TorchTrainer(
