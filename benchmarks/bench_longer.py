@@ -1,9 +1,10 @@
 """Claim: a LONGER train step at L=2048 is >= 3x faster and uses <= 0.5x the peak memory of a vanilla
 full-attention Transformer ranker (PERF-NOTES.md), measured here at L = 256, 1024, 2048, 4096.
 
-Both models in the same run, same embedder (TorchRec EmbeddingCollection, dim 32), same side info, same width
-(d_model 64, 4 heads, FFN x4), same depth (LONGER: 1 cross-causal + 2 self-causal layers; Transformer: 3 layers):
-- LONGER: K=8 token merge with InnerTrans, k=100 recent query tokens, m=4 global tokens.
+Both models in the same run, built from configs/longer.yaml and configs/transformer.yaml: same embedder (TorchRec
+EmbeddingCollection, dim 32), same side info, same block width (d_model 64, 4 heads, FFN x4), same depth
+(LONGER: 1 cross-causal + 2 self-causal layers; Transformer: 3 layers):
+- LONGER: K=8 token merge (item_dim 8 -> merged width 64) with InnerTrans, k=100 recent query tokens, m=4 globals.
 - Transformer: full self-attention over all L items + the candidate token (F.scaled_dot_product_attention, the
   fused O(L)-memory kernel, so the baseline is not handicapped by materialised L x L scores).
 A train step = forward + BCE + backward + Adam step on all parameters (embedding tables included, unsharded).
@@ -30,18 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ranking_common import ROOT, full_batch, machine_info, peak_alloc_bytes, spec_for, timed  # noqa: E402
 
+from recsys.config import read_yaml, validate  # noqa: E402
 from recsys.models.longer import LongerConfig, LongerRanker  # noqa: E402
 from recsys.models.transformer import TransformerConfig, TransformerRanker  # noqa: E402
 
 
 def build(name: str, L: int, args) -> torch.nn.Module:
+    """The model blocks of configs/longer.yaml and configs/transformer.yaml with the benchmark's shared overrides."""
     torch.manual_seed(0)
-    common = {"embedding": {"dim": 32}, "d_model": args.d_model, "heads": 4, "item_dim": 32, "head_hidden": [128, 64],
-              "bf16": args.bf16, "activation_checkpointing": args.checkpointing}
-    if name == "longer":
-        cfg = LongerConfig.model_validate({**common, "merge_k": 8, "inner_trans": True, "recent_k": 100, "self_layers": 2})
-        return LongerRanker(cfg, spec_for(L))
-    return TransformerRanker(TransformerConfig.model_validate({**common, "layers": 3}), spec_for(L))
+    common = {"d_model": args.d_model, "bf16": args.bf16, "activation_checkpointing": args.checkpointing}
+    cls_cfg, cls_model = (LongerConfig, LongerRanker) if name == "longer" else (TransformerConfig, TransformerRanker)
+    data = {**read_yaml(ROOT / "configs" / f"{name}.yaml")["model"], **common}
+    return cls_model(validate(cls_cfg, data, f"configs/{name}.yaml"), spec_for(L))
 
 
 def measure(name: str, L: int, args) -> dict:

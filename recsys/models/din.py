@@ -3,11 +3,11 @@
 For a candidate v = [item, category] and each history item h_j = [item_j, category_j] (shared tables):
   w_j = ActivationUnit([h_j, v, h_j - v, h_j * v])      (an MLP -> scalar; the paper's out-product replaced by the
                                                          element-wise product, as in most public implementations)
-  interest = sum_j w_j * h_j over real positions          (no softmax by default: DIN keeps the intensity of interest)
+  interest = sum_j w_j * h_j over real positions          (no softmax: DIN keeps the intensity of interest)
   logit = MLP([interest, mean-pooled history, user, domain, v])
-[ours] `weight_norm`: "none" (paper), "softmax" or "mean" (divide by the history length) — for very long histories
-the unnormalised sum grows with L; `mean` keeps the scale bounded. Default: "mean" (see the module test/sanity run
-where both train; "mean" is more stable at L=2000).
+[ours] `weight_norm`: "none" (the paper), "softmax", or "mean" (divide the weighted sum by the history length).
+Default "mean": the paper's histories are short; with L up to 2000 the unnormalised sum scales with L, so its
+magnitude would track history length rather than interest intensity. "none" remains available.
 Two-stage: `encode_user` caches the history embeddings, mask and pooled user vector; `score` runs the activation unit
 for C candidates (batched, `score_chunk` at a time to bound the [B, C, L, 8e] activation-unit input).
 """

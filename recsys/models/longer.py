@@ -33,6 +33,11 @@ what the two-stage equivalence test compares against.
 - Causality is at merged-token granularity: a merged token sees its own group and older groups (its own K items
   are in its own token anyway).
 - m defaults to 4 (candidate, CLS, user, domain); CLS may be listed more than once for several learnable tokens.
+- Widths: the paper's merged token is the concatenation itself (width K*d). We project it to `d_model` so the
+  block width is a free knob; the defaults keep d_model = K * item_dim (8 * 8 = 64), i.e. no compression. In a
+  toy sanity run (a label decided by the newest item's category, 300 Adam steps) a compressing projection
+  (d_model < K * item_dim) and InnerTrans both slowed down learning to read a single item out of a merged token;
+  K=8 with InnerTrans is still the default because it is the paper's best setting at scale.
 - Norm placement: pre-norm by default; `norm: hybrid` is HybridNorm (QKV-norm + Post-Norm FFN), `post` is Post-Norm.
 - Head: final norm (pre-norm only) then an MLP over the m concatenated global outputs.
 - Training engineering: `bf16` wraps the dense part (after the embedding lookup) in bf16 autocast, logits are
@@ -70,7 +75,7 @@ class LongerConfig(StrictModel):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     d_model: int = Field(64, gt=0, description="width of merged and global tokens")
     heads: int = Field(4, gt=0)
-    item_dim: int = Field(32, gt=0, description="width of one item token after the side-info MLP (d in the paper)")
+    item_dim: int = Field(8, gt=0, description="width of one item token after the side-info MLP (d in the paper)")
     merge_k: int = Field(8, gt=0, description="items per merged token (K); paper's best: 8 at L=2000")
     inner_trans: bool = Field(True, description="one small transformer block over the K items of each group")
     inner_heads: int = Field(2, gt=0)
