@@ -46,7 +46,6 @@ what the two-stage equivalence test compares against.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -54,7 +53,6 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from recsys.config import StrictModel
 from recsys.data.batch import SEQ_KEYS, BatchSpec, Candidates, RankingBatch
@@ -65,7 +63,7 @@ from recsys.layers.mlp import MLP
 from recsys.layers.norms import NormPlacement, NormType, make_norm
 from recsys.layers.side_info import SequenceSideInfo
 from recsys.layers.token_merge import TokenMerge
-from recsys.models.base import Ranker
+from recsys.models.base import DenseOptionsMixin, Ranker
 
 GlobalToken = Literal["candidate", "cls", "user", "domain"]
 
@@ -145,7 +143,7 @@ def visibility_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Ten
     return torch.cat([torch.cat([seq_seq, seq_glob], 2), torch.cat([glob_seq, glob_glob], 2)], 1)
 
 
-class LongerRanker(Ranker):
+class LongerRanker(DenseOptionsMixin, Ranker):
     def __init__(self, cfg: LongerConfig, spec: BatchSpec):
         super().__init__()
         self.cfg = cfg
@@ -169,20 +167,6 @@ class LongerRanker(Ranker):
         self.layers = nn.ModuleList([block() for _ in range(cfg.self_layers)])
         self.final_norm = make_norm(cfg.norm_type, D) if cfg.norm == "pre" else nn.Identity()
         self.head = MLP(self.m * D, cfg.head_hidden, 1, cfg.dropout)
-
-    # -- options -------------------------------------------------------------------------------------------
-    def set_activation_checkpointing(self, enabled: bool = True) -> None:
-        self.cfg.activation_checkpointing = enabled
-
-    def _autocast(self, device: torch.device):
-        if not self.cfg.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-    def _run(self, fn, *args):
-        if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
 
     # -- sequence side -------------------------------------------------------------------------------------
     def _right_aligned(self, e: EmbeddedBatch) -> tuple[torch.Tensor, ...]:

@@ -12,14 +12,12 @@ Two-stage interface [ours]: every token sees the candidate, so no layer's state 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from recsys.config import StrictModel
 from recsys.data.batch import SEQ_KEYS, BatchSpec, Candidates, RankingBatch
@@ -28,7 +26,7 @@ from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbe
 from recsys.layers.mlp import MLP
 from recsys.layers.norms import NormPlacement, NormType, make_norm
 from recsys.layers.side_info import SequenceSideInfo
-from recsys.models.base import Ranker
+from recsys.models.base import DenseOptionsMixin, Ranker
 
 
 class TransformerConfig(StrictModel):
@@ -65,7 +63,7 @@ class TransformerState:
     domain: torch.Tensor  # [B, e]
 
 
-class TransformerRanker(Ranker):
+class TransformerRanker(DenseOptionsMixin, Ranker):
     def __init__(self, cfg: TransformerConfig, spec: BatchSpec):
         super().__init__()
         self.cfg = cfg
@@ -79,19 +77,6 @@ class TransformerRanker(Ranker):
         )
         self.final_norm = make_norm(cfg.norm_type, D) if cfg.norm == "pre" else nn.Identity()
         self.head = MLP(D + 2 * e, cfg.head_hidden, 1, cfg.dropout)
-
-    def set_activation_checkpointing(self, enabled: bool = True) -> None:
-        self.cfg.activation_checkpointing = enabled
-
-    def _autocast(self, device: torch.device):
-        if not self.cfg.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-    def _run(self, fn, *args):
-        if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
 
     def _history_tokens(self, e: EmbeddedBatch) -> torch.Tensor:
         feats = torch.cat([e.seq[k] for k in SEQ_KEYS], -1)
