@@ -88,3 +88,25 @@ def train_losses(model: torch.nn.Module, rows: pa.Table, steps: int = 120, batch
         opt.step()
         losses.append(float(loss))
     return losses
+
+
+def padding_is_inert(model: torch.nn.Module, rows: pa.Table) -> bool:
+    """Scores are bit-identical when every padded history position holds noise (and absurd time gaps), while
+    changing a real position does change them (so the check can fail).
+
+    For models exposing `embedder`, `encode(EmbeddedBatch)` and `_score(state, item, category)`."""
+    model.eval()
+    with torch.no_grad():
+        e = model.embedder(build_batch(rows, SPEC))
+        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))
+        ref = model._score(model.encode(e), *cand)
+        pad = ~e.mask
+        assert pad.any(), "rows must contain padding for this check to mean anything"
+        g = torch.Generator().manual_seed(0)
+        for k, v in e.seq.items():
+            e.seq[k] = torch.where(pad.unsqueeze(-1), torch.randn(v.shape, generator=g) * 100, v)
+        e.time_gap = torch.where(pad, torch.full_like(e.time_gap, 1e9), e.time_gap)
+        out = model._score(model.encode(e), *cand)
+        e.seq["seq_item_id"] = torch.where(e.mask.unsqueeze(-1), e.seq["seq_item_id"] + 1, e.seq["seq_item_id"])
+        changed = model._score(model.encode(e), *cand)
+    return torch.equal(ref, out) and not torch.equal(ref, changed)

@@ -9,7 +9,7 @@ import torch
 from recsys.config import read_yaml, validate
 from recsys.data.batch import build_batch
 from recsys.models.ads import ADSConfig, ADSRanker
-from tests.models.ranking_rows import SPEC, assert_two_stage_matches, random_rows, rule_rows, train_losses
+from tests.models.ranking_rows import SPEC, assert_two_stage_matches, padding_is_inert, random_rows, rule_rows, train_losses
 
 
 def _model(**kw) -> ADSRanker:
@@ -81,20 +81,7 @@ def test_pcrg_generates_several_queries_per_candidate():
 
 
 def test_padded_positions_do_not_affect_output_bit_identical():
-    model = _model()
-    model.eval()
-    batch = build_batch(random_rows(10, seed=5), SPEC)
-    with torch.no_grad():
-        e = model.embedder(batch)
-        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))
-        ref = model._score(model.encode(e), *cand)
-        pad = ~e.mask
-        assert pad.any()
-        g = torch.Generator().manual_seed(0)
-        for k, v in e.seq.items():
-            e.seq[k] = torch.where(pad.unsqueeze(-1), torch.randn(v.shape, generator=g) * 100, v)
-        out = model._score(model.encode(e), *cand)
-    assert torch.equal(ref, out)
+    assert padding_is_inert(_model(), random_rows(10, seed=5))
 
 
 def test_encode_user_caches_the_personalized_sequence():
