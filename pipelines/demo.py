@@ -35,7 +35,7 @@ def _step(title: str) -> float:
 def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     from rich.console import Console
 
-    out = Path(out)
+    out = Path(out).resolve()
     cfg = load_config(DemoConfig, config if config is not None else CONFIG_DIR / "demo.yaml", overrides)
     data, features = out / "data", out / "features"
     timings: dict[str, float] = {}

@@ -186,7 +186,7 @@ def _run_ray(job: dict[str, Any], workers: int, use_gpu: bool) -> None:
             train_loop_config=job,
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(name="train", storage_path=str(run_dir / "ray_results"), failure_config=FailureConfig(max_failures=0)),
+            run_config=RunConfig(name="train", storage_path=str((run_dir / "ray_results").resolve()), failure_config=FailureConfig(max_failures=0)),
         )
         trainer.fit()
     finally:
