@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--work", default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the results file (bench_quality<tag>.json)")
     args = ap.parse_args()
     steps = args.steps or (60 if args.quick else 600)
     max_len = args.max_len or (128 if args.quick else 512)
@@ -88,7 +89,7 @@ def main() -> None:
         delta = f"{r['auc'] - base:+.4f}" if base is not None else "-"
         print(f"{r['model']:<12}{r['auc']:>8.4f}{delta:>9}{r['gauc']:>8.4f}{r['logloss']:>9.4f}"
               + "".join(f"{r['per_domain_auc'].get(d, float('nan')):>9.4f}" for d in domains) + f"{r['train_s']:>9.0f}")
-    out = ROOT / "benchmarks" / "results" / "bench_quality.json"
+    out = ROOT / "benchmarks" / "results" / f"bench_quality{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"arch": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "load_avg_1m": os.getloadavg()[0]},
