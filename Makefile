@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/recsys demo --out runs/demo
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
