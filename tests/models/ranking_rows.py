@@ -110,3 +110,10 @@ def padding_is_inert(model: torch.nn.Module, rows: pa.Table) -> bool:
         e.seq["seq_item_id"] = torch.where(e.mask.unsqueeze(-1), e.seq["seq_item_id"] + 1, e.seq["seq_item_id"])
         changed = model._score(model.encode(e), *cand)
     return torch.equal(ref, out) and not torch.equal(ref, changed)
+
+
+def assert_learns_rule(model: torch.nn.Module, steps: int = 80) -> None:
+    """Mini-batch training on 1024 rule rows cuts the mean loss of the last 10 steps below 0.75x the first 10."""
+    losses = train_losses(model, rule_rows(1024, seed=0), steps=steps)
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.75 * first, (first, last)
