@@ -17,7 +17,6 @@ Memory: every retained event lives in memory (~21 bytes each: L x users x 21 B a
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import struct

@@ -59,7 +59,7 @@ def run_doctor() -> int:
         problems.append(f"torch unusable: {e}")
     try:
         import torch
-        import fbgemm_gpu  # noqa: F401
+        import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 
         torch.ops.fbgemm.asynchronous_complete_cumsum(torch.tensor([1, 2], dtype=torch.int64))
         t.add_row("fbgemm ops", "ok")

@@ -102,7 +102,6 @@ class SparseEmbedder(nn.Module):
         L = max(int(lengths.max()) if lengths.numel() else 0, 1)
         seq = {k: jts[k].to_padded_dense(desired_length=L) for k in SEQ_KEYS}
         if self.ngram_keys:
-            items = jts["seq_item_id"]
             ids = self.ngram_ids(batch.sparse["seq_item_id"].values(), lengths)
             kjt = KeyedJaggedTensor(
                 keys=self.ngram_keys,
@@ -112,7 +111,6 @@ class SparseEmbedder(nn.Module):
             ng = self.ngram_ec(kjt)
             for k in self.ngram_keys:
                 seq["seq_item_id"] = seq["seq_item_id"] + ng[k].to_padded_dense(desired_length=L)
-            del items
         mask = torch.arange(L, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
         gap = torch.zeros(B, L, dtype=batch.seq_time_gap.dtype, device=lengths.device)
         gap[mask] = batch.seq_time_gap

@@ -3,7 +3,6 @@ score(state, candidates) on point-in-time sequences, and agrees with the full fo
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from feature_store.definitions import load_feature_config
