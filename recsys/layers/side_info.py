@@ -8,6 +8,8 @@ time gap to the request time concatenated, a learnable absolute position embeddi
   paper adds it before the MLP. Position indices are chosen by the caller (models use the distance from the newest
   event, see their docstrings); indices beyond the table are clamped to its last row.
 - Padded positions output exact zeros.
+- `positions_from_newest` gives the "distance from the newest event" indices for the embedder's left-aligned layout
+  (ADS, LMN); LONGER computes the same indices in its own right-aligned layout.
 """
 from __future__ import annotations
 
@@ -40,4 +42,11 @@ class SequenceSideInfo(nn.Module):
         return self.mlp(x) * valid.unsqueeze(-1).to(feats.dtype)
 
 
-__all__ = ["SequenceSideInfo"]
+def positions_from_newest(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """Position indices [B, L] long for a left-aligned history (oldest first, newest at length-1, as EmbeddedBatch):
+    0 = newest event, length-1 = oldest; padded positions get 0 (their side-info output is zeroed anyway)."""
+    j = torch.arange(L, device=lengths.device).unsqueeze(0)
+    return (lengths.to(torch.long).unsqueeze(1) - 1 - j).clamp(min=0)
+
+
+__all__ = ["SequenceSideInfo", "positions_from_newest"]

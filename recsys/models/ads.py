@@ -1,7 +1,8 @@
 """ADS — Adaptive Domain Scaling (arXiv 2502.05523): multi-domain ranking where domain features generate the
 parameters that personalise both the behaviour sequence and the candidate.
 
-  x_i   = Linear([item_i, category_i, action_i, seq_domain_i])      sequence item -> seq_dim (shared projection)
+  x_i   = SideInfo([item_i, category_i, action_i, seq_domain_i], gap_i, pos_i)   sequence item -> seq_dim
+          (`side_info: false`: Linear([item_i, category_i, action_i, seq_domain_i]), the paper's shared projection)
   z     = [features named in `generator_inputs`]                     domain features (request domain embedding, ...)
   h_i   = PSRG(x_i; z)                                               generated MLP (shared + private weights) per item
   q_j   = PCRG([item_c, category_c]; z), j = 1..n_queries            generated queries for the candidate
@@ -19,6 +20,13 @@ The personalized sequence h and the PCRG weights depend on the user/request only
 - PCRG weights are generated from z only; the candidate is the input of the generated layer, which keeps the
   generation candidate-independent (one generation per request however many candidates are scored).
 - Attention keys and values are the personalized sequence itself (PSRG already is the per-domain projection).
+- `side_info` (default true; not in the paper): the per-item input x_i gets the sequence side info LONGER uses
+  (recsys/layers/side_info.py: the time gap to the request as log1p scalar + log2-bucket embedding concatenated, a
+  learnable absolute position embedding added, MLP to seq_dim), positions counted from the newest event (0 = newest),
+  so the attention can weight recent behaviour. The side-info MLP *replaces* the shared Linear projection (it already
+  maps the same features to seq_dim; adding both would be two projections of the same input). Padded positions give
+  x_i = 0 (masked in the attention anyway). Time-gap buckets/width are the layer's defaults (32 / 8, as LONGER's).
+  Everything stays candidate-independent, so it is cached by `encode_user`.
 Evaluation is per domain (AUC/GAUC per domain and overall) in the training pipeline's metrics, as for every model.
 """
 from __future__ import annotations
@@ -35,6 +43,7 @@ from recsys.data.batch import BatchSpec, Candidates, RankingBatch
 from recsys.layers.adaptive_domain import PCRG, PSRG
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
+from recsys.layers.side_info import SequenceSideInfo, positions_from_newest
 from recsys.layers.target_attention import masked_target_attention
 from recsys.models.base import Ranker
 
@@ -50,6 +59,7 @@ class ADSConfig(StrictModel):
     psrg_residual: bool = True
     n_queries: int = Field(4, gt=0, description="PCRG queries per candidate")
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    side_info: bool = Field(True, description="time gap + position-from-newest side info on each history item")
 
 
 @dataclass
@@ -69,7 +79,10 @@ class ADSRanker(Ranker):
         d, s = cfg.embedding.dim, cfg.seq_dim
         cond = d * len(cfg.generator_inputs)
         self.embedder = SparseEmbedder(spec, cfg.embedding)
-        self.seq_in = nn.Linear(4 * d, s)
+        if cfg.side_info:
+            self.side_info = SequenceSideInfo(4 * d, s, spec.max_len)
+        else:
+            self.seq_in = nn.Linear(4 * d, s)
         self.psrg = PSRG(s, cond, cfg.generator_hidden, cfg.psrg_depth, cfg.combine, cfg.psrg_residual)
         self.pcrg = PCRG(2 * d, s, cond, cfg.generator_hidden, cfg.n_queries, cfg.combine)
         self.head = MLP(cfg.n_queries * s + 4 * d, cfg.hidden)
@@ -81,7 +94,11 @@ class ADSRanker(Ranker):
 
     def encode(self, e: EmbeddedBatch) -> ADSState:
         z = self.domain_features(e)
-        x = self.seq_in(torch.cat([e.seq[k] for k in ("seq_item_id", "seq_category", "seq_action", "seq_domain")], -1))
+        feats = torch.cat([e.seq[k] for k in ("seq_item_id", "seq_category", "seq_action", "seq_domain")], -1)
+        if self.cfg.side_info:
+            x = self.side_info(feats, e.time_gap, positions_from_newest(e.lengths, feats.shape[1]), e.mask)
+        else:
+            x = self.seq_in(feats)
         h = self.psrg(x, z)
         w, b = self.pcrg.generate(z)
         return ADSState(h, e.mask, w, b, e.user, e.domain)

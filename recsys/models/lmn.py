@@ -4,7 +4,9 @@ item with a user-aware query, pooled by target attention with the candidate.
 Per history item i of user u (only real positions; padding never reaches the memory):
   query_i   = MLP([item_i, category_i, user_u])                       user-aware query (heads x key_dim)
   readout_i = PKM(query_i)                                             top-K slots of n = n_keys**2, weighted bag
-  token_i   = [item_i, category_i, readout_i]                          (readout = 0 outside the memory window)
+  side_i    = SideInfo([item_i, category_i], gap_i, pos_i)             time gap + position from newest -> 2d
+  token_i   = [side_i, readout_i]                                      (readout = 0 outside the memory window)
+            (`side_info: false`: token_i = [item_i, category_i, readout_i], the paper's token)
 Candidate c: target attention (att_heads heads of width att_dim) of [item_c, category_c] over token_1..L (padded
 positions masked), then MLP([attention output, item_c, category_c, user, domain]) -> logit.
 Everything except the last step is candidate-independent, so `encode_user` caches the attention keys/values and
@@ -28,6 +30,13 @@ loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the s
   fixed number of bags per user (min(memory_len, max_len), empty where there is no read), because a sharded
   table's output exchange needs the same lookup batch size on every rank while the number of reads varies.
   Requirement for the trainer: the same batch size on every rank (the context EBC needs it anyway).
+- `side_info` (default true; not in the paper): the [item_i, category_i] part of the attention token is replaced by
+  the sequence side info LONGER uses (recsys/layers/side_info.py: time gap to the request as log1p scalar + log2-bucket
+  embedding concatenated, learnable absolute position embedding added, MLP back to width 2d), positions counted from
+  the newest event (0 = newest), so the candidate's target attention can weight recent behaviour. The token keeps its
+  width and the read-out part, and the memory query stays MLP([item_i, category_i, user_u]) (user-aware, no recency);
+  the action is not added to the token, so what the user did still comes through the memory. Candidate-independent,
+  so `encode_user` caches it inside the attention keys/values. Time-gap buckets/width: the layer's defaults (32 / 8).
 - Target attention is scaled dot-product (not DIN's MLP scorer) so scoring C candidates against L items stays
   a pair of batched matmuls.
 """
@@ -46,6 +55,7 @@ from recsys.data.batch import BatchSpec, Candidates, RankingBatch
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
 from recsys.layers.product_key_memory import ProductKeyMemory, ProductKeyMemoryConfig
+from recsys.layers.side_info import SequenceSideInfo, positions_from_newest
 from recsys.layers.target_attention import masked_target_attention
 from recsys.models.base import Ranker
 
@@ -61,6 +71,7 @@ class LMNConfig(StrictModel):
     att_heads: int = Field(2, gt=0)
     att_dim: int = Field(32, gt=0, description="width per attention head")
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    side_info: bool = Field(True, description="time gap + position-from-newest side info in the attention tokens")
 
 
 @dataclass
@@ -88,6 +99,8 @@ class LMNRanker(Ranker):
         self.memory = ProductKeyMemory(m)
         self.decoder = nn.Linear(m.value_dim, 3 * d)
         H, a = cfg.att_heads, cfg.att_dim
+        # [item, category] (or its side-info version, same width) for the attention tokens
+        self.side_info = SequenceSideInfo(2 * d, 2 * d, spec.max_len) if cfg.side_info else None
         # keys/values of token [item, category, readout]: one Linear split in two, so the readout part is computed
         # only at the read positions (the readout is 0 elsewhere)
         self.kv = nn.Linear(2 * d, 2 * H * a)
@@ -117,7 +130,10 @@ class LMNRanker(Ranker):
         readout, slots = read.out, read.slots
         target = torch.cat([item_rows + cat_rows, e.seq["seq_action"][b, l], user_rows], -1).detach()
         H, a = self.cfg.att_heads, self.cfg.att_dim
-        kv = self.kv(torch.cat([item, cat], -1)).index_put((b, l), self.kv_mem(readout), accumulate=True)
+        tok = torch.cat([item, cat], -1)
+        if self.side_info is not None:
+            tok = self.side_info(tok, e.time_gap, positions_from_newest(e.lengths, L), e.mask)
+        kv = self.kv(tok).index_put((b, l), self.kv_mem(readout), accumulate=True)
         keys, values = (t.transpose(1, 2) for t in kv.view(B, L, 2, H, a).unbind(2))  # [B, H, L, a] each
         return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target)
 

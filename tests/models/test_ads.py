@@ -8,7 +8,7 @@ import torch
 from recsys.config import read_yaml, validate
 from recsys.data.batch import build_batch
 from recsys.models.ads import ADSConfig, ADSRanker
-from tests.models.ranking_rows import SPEC, assert_learns_rule, assert_two_stage_matches, padding_is_inert, random_rows
+from tests.models.ranking_rows import SPEC, assert_learns_rule, assert_two_stage_matches, padding_is_inert, random_rows, side_info_effect
 
 
 def _model(**kw) -> ADSRanker:
@@ -98,3 +98,19 @@ def test_two_stage_equals_forward_with_many_candidates(combine):
 
 def test_model_trains_on_a_domain_dependent_problem():
     assert_learns_rule(_model())
+
+
+def test_side_info_makes_time_gaps_and_positions_matter():
+    """side_info on: changing only the gaps, or only the order (positions), of the history changes the logits;
+    off: the model is blind to both."""
+    rows = random_rows(10, seed=9, min_len=3)
+    d_gap, d_pos = side_info_effect(_model(side_info=True), rows)
+    # the position table starts small (std 0.02), so reordering moves the untrained logits by ~1e-5..1e-4
+    assert d_gap > 1e-4 and d_pos > 2e-6, (d_gap, d_pos)
+    d_gap, d_pos = side_info_effect(_model(side_info=False), rows)
+    assert d_gap == 0 and d_pos < 2e-7, (d_gap, d_pos)  # float summation order only (~1e-8)
+
+
+def test_padding_inert_and_two_stage_without_side_info():
+    assert padding_is_inert(_model(side_info=False), random_rows(10, seed=5))
+    assert_two_stage_matches(_model(side_info=False), random_rows(8, seed=7), C=4)

@@ -8,7 +8,7 @@ import torch
 from recsys.config import read_yaml, validate
 from recsys.data.batch import build_batch
 from recsys.models.lmn import LMNConfig, LMNRanker
-from tests.models.ranking_rows import SPEC, assert_learns_rule, assert_two_stage_matches, padding_is_inert, random_rows
+from tests.models.ranking_rows import SPEC, assert_learns_rule, assert_two_stage_matches, padding_is_inert, random_rows, side_info_effect
 
 
 def _model(**kw) -> LMNRanker:
@@ -91,6 +91,35 @@ def test_two_stage_equals_forward_with_many_candidates():
 
 def test_model_trains_on_a_tiny_problem():
     assert_learns_rule(_model())
+
+
+def test_side_info_makes_time_gaps_and_positions_matter():
+    """side_info on: changing only the gaps, or only the order (positions), of the history changes the logits;
+    off: the model is blind to both (memory_len=None so reversing does not change which items read the memory)."""
+    rows = random_rows(10, seed=9, min_len=3)
+    d_gap, d_pos = side_info_effect(_model(side_info=True, memory_len=None), rows)
+    # the position table starts small (std 0.02), so reordering moves the untrained logits by ~1e-5..1e-4
+    assert d_gap > 1e-4 and d_pos > 2e-6, (d_gap, d_pos)
+    d_gap, d_pos = side_info_effect(_model(side_info=False, memory_len=None), rows)
+    assert d_gap == 0 and d_pos < 2e-7, (d_gap, d_pos)  # float summation order only (~1e-8)
+
+
+def test_memory_query_ignores_side_info():
+    """The memory query stays MLP([item, category, user]): the same slots are read whatever the time gaps."""
+    model = _model(side_info=True)
+    batch = build_batch(random_rows(8, seed=10), SPEC)
+    with torch.no_grad():
+        e = model.embedder(batch)
+        ref = model.encode(e)
+        e.time_gap = e.time_gap * 37 + 5
+        other = model.encode(e)
+    assert torch.equal(ref.slots, other.slots) and torch.equal(ref.readout, other.readout)
+    assert not torch.equal(ref.keys, other.keys)
+
+
+def test_padding_inert_and_two_stage_without_side_info():
+    assert padding_is_inert(_model(memory_len=None, side_info=False), random_rows(10, seed=5, min_len=0))
+    assert_two_stage_matches(_model(side_info=False), random_rows(8, seed=7), C=4)
 
 
 def _dmp_worker(rank: int, port: int, out: str) -> None:
