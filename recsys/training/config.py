@@ -3,7 +3,8 @@
 Format (every section optional except `model`; unknown keys are errors that name the dotted field):
 
     model:        {name: pooling, ...}          # the registry's discriminated union (recsys.models.registry)
-    data:         {max_len, batch_size, eval_batch_size, validation_fraction | validation_start, vocab_sizes}
+    data:         {max_len, batch_size, eval_batch_size, validation_fraction | validation_start, vocab_sizes,
+                   shuffle, length_bucketing}
     optimizer:    {embedding, embedding_lr, dense, lr, weight_decay, warmup_steps, schedule, min_lr_ratio}
     precision:    fp32 | bf16                   # bf16 = autocast around the forward; loss and optimizer in fp32
     activation_checkpointing: false             # handed to the model when it supports it (see apply_activation_checkpointing)
@@ -45,6 +46,10 @@ class DataConfig(StrictModel):
         None, description="item/category/action/domain/user table sizes; default: max id + 1 seen in the data"
     )
     shuffle: bool = True
+    length_bucketing: int = Field(
+        32, ge=0, description="sort rows by history length within windows of this many batches, then shuffle the "
+        "batches (less padding: 2-3x faster steps on long-tailed histories); 0 = off",
+    )
 
     @field_validator("vocab_sizes")
     @classmethod

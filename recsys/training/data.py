@@ -27,6 +27,7 @@ COLUMNS = [
     "ts", "user_id", "item_id", "domain", "item_category", "label",
     "seq_item_id", "seq_category", "seq_action", "seq_domain", "seq_time_gap",
 ]
+OPTIONAL_COLUMNS = ["request_id"]  # carried into predictions files when the table has it
 # vocabulary -> the columns whose ids index it
 VOCAB_COLUMNS = {
     "item": ["item_id", "seq_item_id"],
@@ -58,8 +59,12 @@ def read_training(files: list[Path]) -> pa.Table:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{f}: not a readable parquet file ({e})") from None
         check_schema(pf.schema_arrow, TRAINING, str(f), COLUMNS)
-        parts.append(pf.read(columns=COLUMNS).cast(pa.schema([TRAINING.field(c) for c in COLUMNS])))
-    table = pa.concat_tables(parts)
+        cols = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in pf.schema_arrow.names]
+        parts.append(pf.read(columns=cols).cast(pa.schema([TRAINING.field(c) for c in cols])))
+    try:
+        table = pa.concat_tables(parts)
+    except pa.ArrowInvalid:  # optional columns in some files only: keep what every file has
+        table = pa.concat_tables([t.select(COLUMNS) for t in parts])
     if table.num_rows == 0:
         raise DataError(f"{files[0].parent}: training table has no rows")
     return table
@@ -119,9 +124,44 @@ def time_split(table: pa.Table, cfg: DataConfig) -> Split:
     return Split(train=table.slice(0, cut), validation=table.slice(cut), boundary_ms=boundary)
 
 
-def rank_rows(n: int, rank: int, world: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """This rank's row indices for one epoch: a seeded permutation (same on all ranks) taken with stride `world`."""
+def history_lengths(table: pa.Table, max_len: int) -> np.ndarray:
+    """Per-row history length as the models see it (newest max_len events kept)."""
+    lens = pc.list_value_length(table.column("seq_item_id")).fill_null(0).to_numpy(zero_copy_only=False)
+    return np.minimum(lens.astype(np.int64), max_len)
+
+
+def bucket_by_length(idx: np.ndarray, lengths: np.ndarray, group: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Reorder `idx` so that each run of `group` consecutive rows has similar history lengths.
+
+    Why: every batch is padded to its longest history, so a batch of mostly short histories with one heavy user
+    costs as much as one of heavy users only. Within each window of `group * window` rows (already shuffled), rows
+    are sorted by length and cut into groups; the full groups are then shuffled, so the epoch is still a random
+    walk over length buckets (as tf.data's bucket_by_sequence_length) and contains exactly the same rows. A trailing
+    partial group stays last, where drop_last removes it as before."""
+    span = group * window
+    groups: list[np.ndarray] = []
+    for start in range(0, len(idx), span):
+        chunk = idx[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        groups.extend(chunk[g : g + group] for g in range(0, len(chunk), group))
+    tail = [g for g in groups if len(g) < group]
+    full = [g for g in groups if len(g) == group]
+    order = rng.permutation(len(full))
+    return np.concatenate([full[i] for i in order] + tail) if groups else idx
+
+
+def rank_rows(
+    n: int, rank: int, world: int, seed: int, epoch: int, shuffle: bool,
+    lengths: np.ndarray | None = None, batch_size: int = 0, bucket_window: int = 0,
+) -> np.ndarray:
+    """This rank's row indices for one epoch: a seeded permutation (same on all ranks) taken with stride `world`.
+
+    With `lengths` and `bucket_window` > 0 the permutation is length-bucketed in groups of batch_size * world rows
+    before the stride, so the ranks' batches of one step come from one group: similar lengths on every rank, and
+    no rank waits for another's longer batch."""
     idx = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if lengths is not None and bucket_window > 0 and batch_size > 0:
+        idx = bucket_by_length(idx, lengths, batch_size * world, bucket_window, np.random.default_rng([seed, epoch, 1]))
     return idx[rank::world]
 
 

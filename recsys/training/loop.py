@@ -17,7 +17,12 @@ under the new partition (some of that epoch's rows may repeat or be skipped).
 Progress: rank 0 appends JSON lines to RUN_DIR/metrics.jsonl:
   {"kind": "train", "step", "epoch", "loss", "lr", "examples_per_s", "time"}     every log_every_steps
   {"kind": "eval", "step", "epoch", "final", "overall": {auc, gauc, logloss, n, ctr}, "per_domain": {d: {...}}}
-The driver tails that file for its progress bar (Ray workers only log plain lines).
+The driver tails that file for its progress bar (Ray workers only log plain lines). The final evaluation also
+writes RUN_DIR/predictions.parquet (request_id, ts, user_id, item_id, domain, label, logit per validation row),
+for paired model comparisons (benchmarks/bench_quality.py bootstraps AUC differences from it).
+
+Batches: with data.length_bucketing > 0 each epoch's permutation is length-bucketed (recsys/training/data.py), so a
+batch is padded to a length close to its rows' own; evaluation scores rows sorted by length for the same reason.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.allocator import tune_malloc
 from recsys.data.batch import BatchSpec, RankingBatch
 from recsys.models.base import Ranker
 from recsys.models.registry import build_model
@@ -52,6 +58,7 @@ from recsys.training.distributed import (
 from recsys.training.optimizers import apply_embedding_optimizer, lr_factor, make_dense_optimizer
 
 METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "predictions.parquet"  # final validation predictions (written by rank 0)
 
 
 def log(ctx: DistContext | None, msg: str) -> None:
@@ -120,14 +127,20 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, users: np.ndarray, d
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, table, ctx: DistContext, spec: BatchSpec, cfg: TrainConfig) -> dict[str, Any] | None:
-    """Score this rank's share of the validation table in lockstep; metrics on rank 0 (None elsewhere)."""
+def evaluate(
+    model: nn.Module, table, ctx: DistContext, spec: BatchSpec, cfg: TrainConfig, predictions: Path | None = None
+) -> dict[str, Any] | None:
+    """Score this rank's share of the validation table in lockstep; metrics on rank 0 (None elsewhere).
+
+    Rows are scored in order of history length (metrics do not depend on the order; padding does). With
+    `predictions`, rank 0 also writes one row per validation impression (its key columns, label and logit)."""
     model.eval()
     rows = np.arange(table.num_rows)[ctx.rank :: ctx.world_size]
+    rows = rows[np.argsort(tdata.history_lengths(table, spec.max_len)[rows], kind="stable")]
     bs = cfg.data.eval_batch_size
     mine = tdata.num_batches(len(rows), bs, drop_last=False)
     total = all_reduce_int(mine, "max", ctx.device)
-    out: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "users": [], "domains": []}
+    out: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "users": [], "domains": [], "rows": []}
     it = tdata.iter_batches(table, rows, spec, bs, drop_last=False)
     last: RankingBatch | None = None
     if mine == 0 and total > 0:  # this rank has no rows: run a borrowed row to keep the collectives aligned
@@ -144,6 +157,7 @@ def evaluate(model: nn.Module, table, ctx: DistContext, spec: BatchSpec, cfg: Tr
             out["labels"].append(batch.labels.numpy())
             out["users"].append(batch.user_id.numpy())
             out["domains"].append(batch.domain.numpy())
+            out["rows"].append(rows[b * bs : b * bs + batch.batch_size])
     model.train()
     local = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
     gathered = gather_to_main(local)
@@ -152,7 +166,25 @@ def evaluate(model: nn.Module, table, ctx: DistContext, spec: BatchSpec, cfg: Tr
     allv = {k: np.concatenate([g[k] for g in gathered]) for k in local}
     if len(allv["labels"]) == 0:
         return {"overall": {"n": 0}, "per_domain": {}}
+    if predictions is not None:
+        write_predictions(predictions, table, allv["rows"].astype(np.int64), allv["logits"])
     return compute_metrics(allv["logits"], allv["labels"], allv["users"], allv["domains"])
+
+
+PREDICTION_KEYS = ["request_id", "ts", "user_id", "item_id", "domain", "label"]
+
+
+def write_predictions(path: Path, table, rows: np.ndarray, logits: np.ndarray) -> None:
+    """Validation predictions in table order: key columns + `logit` (atomic write; for paired comparisons)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = np.argsort(rows, kind="stable")
+    keys = table.select([c for c in PREDICTION_KEYS if c in table.column_names]).take(pa.array(rows[order]))
+    out = keys.append_column("logit", pa.array(logits[order].astype(np.float32)))
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(out, tmp)
+    os.replace(tmp, path)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -194,6 +226,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
     threads = int(os.environ.get("RECSYS_THREADS_PER_WORKER", "0"))  # set by the Ray launcher: cores / workers
     if threads > 0:
         torch.set_num_threads(threads)
+    tune_malloc()  # large activations reuse heap pages instead of mmap/munmap per step (recsys/allocator.py)
     seed_everything(cfg.seed)  # same on every rank: identical dense init (DDP also broadcasts rank 0's)
     model = build_training_model(cfg, spec)
     dmp, optimizer, dense, plan = shard_for_training(model, cfg, device)
@@ -205,6 +238,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
     if split.train.num_rows == 0:
         raise ValueError("data.validation_fraction/validation_start: the time split leaves no training rows")
     n_train = split.train.num_rows
+    train_lengths = tdata.history_lengths(split.train, spec.max_len) if cfg.data.length_bucketing else None
     per_epoch = all_reduce_int(len(tdata.rank_rows(n_train, ctx.rank, ctx.world_size, cfg.seed, 0, False)) // cfg.data.batch_size, "min", device)
     if per_epoch == 0:
         raise ValueError(f"data.batch_size: {cfg.data.batch_size} x {ctx.world_size} workers exceeds the {n_train} training rows")
@@ -236,7 +270,8 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
     evaluated_end = False  # same value on every rank (evaluation is collective)
     t_last, ex_last, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
     while step < total_steps and epoch < cfg.epochs:
-        rows = tdata.rank_rows(n_train, ctx.rank, ctx.world_size, cfg.seed, epoch, cfg.data.shuffle)
+        rows = tdata.rank_rows(n_train, ctx.rank, ctx.world_size, cfg.seed, epoch, cfg.data.shuffle,
+                               train_lengths, cfg.data.batch_size, cfg.data.length_bucketing)
         stop = min(per_epoch, batch_in_epoch + (total_steps - step))
         batches = tdata.iter_batches(split.train, rows, spec, cfg.data.batch_size, start=batch_in_epoch)
         for b in range(batch_in_epoch, stop):
@@ -281,7 +316,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
             end_of_epoch = False
         if end_of_epoch or step >= total_steps:
             evaluated_end = step >= total_steps
-            res = evaluate(dmp, split.validation, ctx, spec, cfg)
+            res = evaluate(dmp, split.validation, ctx, spec, cfg, run_dir / PREDICTIONS_FILE if evaluated_end else None)
             if ctx.is_main and res is not None:
                 final = {"kind": "eval", "step": step, "epoch": epoch - 1 if end_of_epoch else epoch,
                          "final": step >= total_steps, "time": time.time(), **res}
@@ -289,7 +324,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
                 log(ctx, f"eval step={step}: auc={res['overall'].get('auc', float('nan')):.4f} logloss={res['overall'].get('logloss', float('nan')):.4f}")
             t_last = time.perf_counter()
     if not evaluated_end:  # resumed at the very end (killed after the last step, before its eval): evaluate now
-        res = evaluate(dmp, split.validation, ctx, spec, cfg)
+        res = evaluate(dmp, split.validation, ctx, spec, cfg, run_dir / PREDICTIONS_FILE)
         if ctx.is_main and res is not None:
             final = {"kind": "eval", "step": step, "epoch": epoch, "final": True, "time": time.time(), **res}
             append_metrics(run_dir, final)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from recsys.config import load_config
 from recsys.data.batch import build_batch
 from recsys.data.simulator import SimulatorConfig, simulate
-from recsys.training.data import find_table_files, read_training
+from recsys.evaluation.metrics import auc
+from recsys.training.config import DataConfig
+from recsys.training.data import find_table_files, read_training, time_split
 from recsys.training.export import load_exported
 
 
@@ -30,6 +33,14 @@ def test_no_ray_train_from_raw_data_then_export(tmp_path):
     assert final is not None and final["final"] and final["step"] == 12
     assert set(final["overall"]) >= {"auc", "gauc", "logloss", "n"} and final["per_domain"]
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000010", "step_00000012"]
+
+    # predictions.parquet: exactly the validation rows, in table order, and the logits the final metrics came from
+    preds = pq.read_table(run / "predictions.parquet")
+    validation = time_split(read_training(find_table_files(run / "features")), DataConfig()).validation
+    assert preds.num_rows == final["overall"]["n"] == validation.num_rows
+    for col in ("request_id", "user_id", "item_id", "label"):
+        assert preds.column(col).equals(validation.column(col))
+    assert abs(auc(preds["label"].to_numpy(), preds["logit"].to_numpy()) - final["overall"]["auc"]) < 1e-12
 
     info = export_run(run, tmp_path / "model")
     model, spec, got = load_exported(tmp_path / "model")
