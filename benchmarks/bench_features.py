@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import socket
@@ -37,6 +36,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import format_machine, machine_info  # noqa: E402
 from recsys.data.io import ts_from_ms, write_table  # noqa: E402
 
 T0 = 1_700_000_000_000
@@ -264,13 +264,10 @@ def main() -> None:
     scales = [float(x) for x in a.scales.split(",")] if a.scales else ([0.5, 1.0] if a.full else [0.02, 0.08])
     # quick: small chunks so that even the small size has many chunks (steady-state memory, not start-up)
     chunk = a.chunk or (10_000 if a.full else 2_500)
-    import polars as pl
-
-    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "pyarrow": pa.__version__, "polars": pl.__version__, "L": a.L, "chunk": chunk,
-            "scales": scales, "compression": "lz4", "writer_threads": 2}
-    print("config:", json.dumps(meta))
-    print("load average at start:", os.getloadavg())
+    meta = {"machine": machine_info(["numpy", "pyarrow", "polars"]), "L": a.L, "chunk": chunk, "scales": scales,
+            "compression": "lz4", "writer_threads": 2}
+    print("machine:", format_machine(meta["machine"]))
+    print("config:", json.dumps({k: v for k, v in meta.items() if k != "machine"}))
     tmp = Path(tempfile.mkdtemp(prefix="bench_features_"))
     offline = []
     try:

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ranking_common import ROOT, full_batch, machine_info, peak_alloc_bytes, spec_for, timed  # noqa: E402
+from machine import format_machine, machine_info  # noqa: E402
+from ranking_common import ROOT, full_batch, peak_alloc_bytes, spec_for, timed  # noqa: E402
 
 from recsys.config import read_yaml, validate  # noqa: E402
 from recsys.models.longer import LongerConfig, LongerRanker  # noqa: E402
@@ -76,8 +77,8 @@ def main() -> None:
     if args.quick:
         args.batch, args.repeats = 4, 2
     torch.set_num_threads(args.threads)
-    info = machine_info()
-    print("machine:", json.dumps(info))
+    info = machine_info(["torch", "torchrec"])
+    print("machine:", format_machine(info))
     print(f"config: batch={args.batch} d_model={args.d_model} repeats={args.repeats} bf16={args.bf16} "
           f"checkpointing={args.checkpointing} lengths={args.lengths}")
     for name in ("longer", "transformer"):  # process warm-up (thread pools, allocator, kernels) before measuring

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -91,10 +89,10 @@ def main() -> None:
     items = 2000 if args.quick else 6000
 
     import pyarrow.parquet as pq
-    import torch
 
     from feature_store.definitions import load_feature_config
     from feature_store.offline import build_training_table
+    from machine import format_machine, machine_info
     from pipelines.train_ranker import run_training
     from recsys.config import CONFIG_DIR, load_config
     from recsys.data.simulator import SimulatorConfig, simulate
@@ -122,8 +120,7 @@ def main() -> None:
     config = {"users": users, "items": items, "days": days, "max_len": max_len, "epochs": epochs, "steps": args.steps,
               "batch_size": args.batch_size, "validation_fraction": args.validation_fraction, "seed": args.seed,
               "overrides": extra}
-    machine = {"arch": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-               "torch": torch.__version__, "load_avg_1m_at_start": os.getloadavg()[0]}
+    machine = machine_info(["torch"])
     out = ROOT / "benchmarks" / "results" / f"bench_quality{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -158,7 +155,8 @@ def main() -> None:
         out.write_text(json.dumps({"machine": machine, "config": config, "validation_rows": len(frame),
                                    "validation_clicks": int(frame["label"].sum()), "baseline": "pooling",
                                    "results": rows}, indent=1))
-    print(f"\nmachine: {machine['arch']} {machine['cores']} cores, torch {machine['torch']}; data: {users} users, "
+    print(f"\nmachine: {format_machine(machine)}")
+    print(f"data: {users} users, "
           f"{items} items, {days} days ({meta.get('counts', {}).get('impressions', '?')} impressions, "
           f"{len(frame)} validation rows, {int(frame['label'].sum())} clicks), L={max_len}, {epochs} epochs x "
           f"batch {args.batch_size}, prep {prep_s:.0f}s")

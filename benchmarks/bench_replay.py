@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -211,12 +210,12 @@ def main() -> None:
         return
     if a.quick:
         a.n, a.baseline_n = 1_000_000, 200_000
-    import scipy
+    from machine import format_machine, machine_info  # here, not at the top: the --case processes measure RSS
 
-    info = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
+    info = {"machine": machine_info(["numpy", "scipy"]),
             "n": a.n, "baseline_n": a.baseline_n, "boot": a.boot, "workers": a.workers, "quick": a.quick}
-    print("machine/config:", json.dumps(info))
+    print("machine:", format_machine(info["machine"]))
+    print("config:", json.dumps({k: v for k, v in info.items() if k != "machine"}))
     results = []
     for est in ("ipw", "dr"):
         for args in (["ours", a.n, a.boot, est, a.workers], ["ours", a.baseline_n, a.boot, est, a.workers],

@@ -20,7 +20,6 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import pyarrow.csv as pcsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import format_machine, machine_info  # noqa: E402
 from recsys.config import load_config  # noqa: E402
 from recsys.data import simulator as sim  # noqa: E402
 from recsys.data.importer import import_log  # noqa: E402
@@ -151,9 +151,8 @@ def main() -> None:
     args = ap.parse_args()
     size = ["users=1000", "items=8000", "days=3"] if args.quick else ["users=3500", "items=20000", "days=7"]
     cfg = load_config(sim.SimulatorConfig, None, size + ["domains=3", "seed=0"])
-    machine = {"python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-               "cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
-    print("machine:", json.dumps(machine))
+    machine = machine_info(["numpy", "pyarrow"])
+    print("machine:", format_machine(machine))
     print("config:", " ".join(size), "domains=3 candidates=50 slate_size=4 (other knobs: configs/simulator.yaml)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

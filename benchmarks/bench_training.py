@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,26 +28,11 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from machine import format_machine, machine_info  # noqa: E402
 from recsys.config import load_config  # noqa: E402
 from recsys.data.batch import BatchSpec, build_batch  # noqa: E402
 from recsys.training.config import TrainConfig  # noqa: E402
 from recsys.training.data import find_table_files, make_spec, read_training, rank_rows  # noqa: E402
-
-
-def machine() -> dict:
-    import ray
-    import torchrec
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "load_avg_1m_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchrec": torchrec.__version__,
-        "ray": ray.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
 
 
 def make_data(work: Path, quick: bool) -> Path:
@@ -209,8 +193,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="existing training table / data dir (default: simulate one)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    info = machine()
-    print("machine:", json.dumps(info))
+    info = machine_info(["torch", "torchrec", "ray"])
+    print("machine:", format_machine(info))
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         data = args.data or make_data(work, args.quick)

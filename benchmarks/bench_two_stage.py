@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ranking_common import ROOT, full_batch, machine_info, random_candidates, spec_for, timed  # noqa: E402
+from machine import format_machine, machine_info  # noqa: E402
+from ranking_common import ROOT, full_batch, random_candidates, spec_for, timed  # noqa: E402
 
 from recsys.config import read_yaml, validate  # noqa: E402
 from recsys.models.longer import LongerConfig, LongerRanker  # noqa: E402
@@ -44,10 +45,10 @@ def main() -> None:
     if args.quick:
         args.cands, args.baseline_repeats = [100, 500], 1
     torch.set_num_threads(args.threads)
-    info = machine_info()
+    info = machine_info(["torch", "torchrec"])
     model_cfg = read_yaml(ROOT / "configs" / "longer.yaml")["model"]
     cfg = validate(LongerConfig, model_cfg, "configs/longer.yaml")
-    print("machine:", json.dumps(info))
+    print("machine:", format_machine(info))
     print(f"config: L={args.length} C={args.cands} chunk={args.chunk} threads={args.threads} model=configs/longer.yaml "
           f"(d_model={cfg.d_model}, K={cfg.merge_k}, k={cfg.recent_k}, N={cfg.self_layers}, m={len(cfg.global_tokens)})")
     torch.manual_seed(0)

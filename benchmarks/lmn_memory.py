@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import format_machine, machine_info  # noqa: E402
 from recsys.data.batch import BatchSpec, build_batch  # noqa: E402
 from recsys.layers.product_key_memory import ProductKeyMemory  # noqa: E402
 from recsys.models.lmn import LMNConfig, LMNRanker  # noqa: E402
@@ -144,6 +144,7 @@ def main() -> None:
     L = args.seq_len or (500 if args.quick else 2000)
     steps = args.steps or (4 if args.quick else 8)
     warmup = 2
+    machine = machine_info(["torch"])
 
     import torch.distributed as dist
 
@@ -173,13 +174,11 @@ def main() -> None:
     search = search_case(1024, 512 if args.quick else 2048, base.memory.key_dim, base.memory.top_k)
 
     info = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} cores={os.cpu_count()} threads={torch.get_num_threads()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        "machine": machine,
         "config": {"batch_size": B, "seq_len": L, "steps": steps, "quick": args.quick, "memory": base.memory.model_dump()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    print(f"# LMN memory benchmark  {info['machine']}  python {info['python']}  torch {info['torch']}")
+    print(f"# LMN memory benchmark  {format_machine(machine)}")
     print(f"# B={B} L={L} (full-length histories, lengths in [L/2, L]); steps={steps} after {warmup} warm-up; "
           f"DMP(1 proc, gloo) + fused row-wise Adagrad for tables, Adam for dense")
     print("# step = median train-step seconds, min = fastest step (less sensitive to other load on the box); "

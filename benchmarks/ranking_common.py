@@ -1,4 +1,4 @@
-"""Shared pieces of the ranking-model benchmarks: full-length synthetic batches, the peak-memory probe, machine info.
+"""Shared pieces of the ranking-model benchmarks: full-length synthetic batches and the peak-memory probe.
 
 Peak memory method: `torch.profiler` with `profile_memory=True` records every allocation and free of torch's CPU
 allocator (signed byte counts with timestamps, `[memory]` events of the Kineto trace). Sorting them by time and
@@ -10,8 +10,6 @@ which are negligible inside a model step. Timings are measured in separate runs,
 """
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -93,18 +91,3 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, 
         cpu.append(time.process_time() - c)
     return {"min_s": min(wall), "median_s": sorted(wall)[len(wall) // 2], "wall_s": wall, "cpu_s": cpu}
 
-
-def machine_info() -> dict:
-    import torchrec
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchrec": torchrec.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "loadavg_at_start": os.getloadavg(),
-        "note": "2 shared cores: other jobs run concurrently; compare ratios within one run",
-    }
