@@ -77,7 +77,9 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=500, help="paired bootstrap replicates for dAUC intervals")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--set", action="append", default=[], metavar="MODEL:key=value",
-                    help="extra config override for one model, e.g. longer:model.merge_k=4 (repeatable)")
+                    help="extra config override for one model, e.g. longer:model.merge_k=4 (repeatable); a model "
+                    "name NAME@VARIANT trains configs/NAME.yaml under its own label, e.g. --models longer,longer@k4 "
+                    "--set longer@k4:model.merge_k=4")
     ap.add_argument("--work", default=None, help="work dir (default: a temp dir); data is reused when present")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench_quality<tag>.json)")
@@ -136,7 +138,7 @@ def main() -> None:
             "checkpoint_every_steps=1000000",
         ] + ([f"max_steps={args.steps}"] if args.steps else []) + extra.get(name, [])
         t = time.perf_counter()
-        run_training(CONFIG_DIR / f"{name}.yaml", feats, run, workers=1, use_ray=False, resume=False, overrides=sets)
+        run_training(CONFIG_DIR / f"{name.split('@')[0]}.yaml", feats, run, workers=1, use_ray=False, resume=False, overrides=sets)
         train_s = time.perf_counter() - t
         recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         final = [r for r in recs if r["kind"] == "eval"][-1]
