@@ -127,7 +127,7 @@ def conform(table: pa.Table, name: str, source: str = "<table>") -> pa.Table:
     return pa.Table.from_arrays(cols, schema=expected)
 
 
-def _atomic_write(table: pa.Table, path: Path, compression: str = "lz4") -> None:
+def atomic_write(table: pa.Table, path: Path, compression: str = "lz4") -> None:
     """Write to a temp name then rename, so a crash never leaves a half-written part file visible."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -141,7 +141,7 @@ def write_table(table: pa.Table, root: str | Path, name: str, part: str = "part-
     d = table_dir(root, name)
     if name not in PARTITIONED:
         p = d / f"{part}.parquet"
-        _atomic_write(table, p, compression)
+        atomic_write(table, p, compression)
         return [p]
     # floor division in numpy (a ChunkedArray has no `//`; arrow's integer divide truncates toward zero)
     days = table["ts"].cast(pa.int64()).to_numpy() // 86_400_000
@@ -150,7 +150,7 @@ def write_table(table: pa.Table, root: str | Path, name: str, part: str = "part-
         sub = table.filter(pa.array(days == day))
         date = dt.date(1970, 1, 1) + dt.timedelta(days=int(day))
         p = d / f"dt={date.isoformat()}" / f"{part}.parquet"
-        _atomic_write(sub, p, compression)
+        atomic_write(sub, p, compression)
         written.append(p)
     return written
 

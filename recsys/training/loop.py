@@ -177,14 +177,12 @@ PREDICTION_KEYS = ["request_id", "ts", "user_id", "item_id", "domain", "label"]
 def write_predictions(path: Path, table, rows: np.ndarray, logits: np.ndarray) -> None:
     """Validation predictions in table order: key columns + `logit` (atomic write; for paired comparisons)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from recsys.data.io import atomic_write
 
     order = np.argsort(rows, kind="stable")
     keys = table.select([c for c in PREDICTION_KEYS if c in table.column_names]).take(pa.array(rows[order]))
-    out = keys.append_column("logit", pa.array(logits[order].astype(np.float32)))
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(out, tmp)
-    os.replace(tmp, path)
+    atomic_write(keys.append_column("logit", pa.array(logits[order].astype(np.float32))), path)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
