@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
 x = torch.randn(64, 1000, 64)  # a padded [B, L, d] batch: 16 MiB; the hidden activation is 64 MiB
 faults = []
-for _ in range(12):  # forward + backward, as in a train step
+for _ in range(20):  # forward + backward, as in a train step; the last 4 are the steady state
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     net(x).square().mean().backward()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -43,7 +43,7 @@ def test_tuned_allocator_reuses_freed_pages():
     # (measured 48k-88k faults per step here)
     assert sum(off["faults"][-4:]) > 2 * hidden_pages
     # tuned: freed blocks stay in the heap and are reused -> no new faults once the heap reached its peak
-    # (measured 0 from the 5th step on)
+    # (measured 0 from the 5th step on; an occasional late heap growth seen at step 9-12, hence 20 steps)
     assert sum(on["faults"][-4:]) < hidden_pages // 10
 
 
