@@ -11,7 +11,9 @@ What the table reports, from each run's predictions.parquet (one logit per valid
   same user weights, so the interval is about the difference, not each AUC);
 - truth AUC: the AUC against the simulator's true click probabilities instead of the sampled clicks (each row counts
   as a positive with weight p_true and a negative with weight 1 - p_true). It removes the Bernoulli label noise, so
-  it separates models that the ~1k validation clicks cannot; the oracle (true CTR as the score) is the ceiling.
+  it separates models that the ~1k validation clicks cannot; the oracle (true CTR as the score) is the ceiling;
+- a reference row: logistic regression on engineered features (recency-weighted category share + item clicks,
+  benchmarks/feature_reference.py), the yardstick for "has the model learned the planted structure".
 
 Usage: .venv/bin/python benchmarks/bench_quality.py [--quick] [--epochs E | --steps N] [--max-len L] [--models ...]
 Writes benchmarks/results/bench_quality<tag>.json (rewritten after every model, so a long run keeps what it has).
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODELS = ["pooling", "din", "ads", "longer", "lmn", "transformer"]
+REFERENCE = "feature LR (reference)"
 
 
 def weighted_auc(order: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray) -> float:
@@ -83,6 +86,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="work dir (default: a temp dir); data is reused when present")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench_quality<tag>.json)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the feature logistic-regression reference row")
     args = ap.parse_args()
     epochs = args.epochs or (1 if args.quick else 2)
     max_len = args.max_len or (128 if args.quick else 2000)
@@ -92,6 +96,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
+    from feature_reference import feature_lr_logits
     from feature_store.definitions import load_feature_config
     from feature_store.offline import build_training_table
     from machine import format_machine, machine_info
@@ -129,6 +134,7 @@ def main() -> None:
     runs: dict[str, dict] = {}
     preds: dict[str, "np.ndarray"] = {}
     frame = None
+    refs: dict[str, "np.ndarray"] = {}
     for name in args.models.split(","):
         run = work / "runs" / name
         shutil.rmtree(run, ignore_errors=True)  # every run starts fresh: same budget for every model
@@ -148,12 +154,16 @@ def main() -> None:
             frame = p.drop(columns="logit").merge(truth, on=["request_id", "item_id"], how="left")
             if frame["p_true"].isna().any():
                 raise SystemExit("predictions do not match the simulator truth (different data?)")
+            if not args.no_reference:
+                ref = frame[["request_id", "item_id"]].merge(
+                    feature_lr_logits(feats, args.validation_fraction, max_len, seed=args.seed), how="left")
+                refs[REFERENCE] = ref["logit"].to_numpy(np.float64)
         preds[name] = p["logit"].to_numpy(np.float64)
         runs[name] = {"model": name, "train_s": train_s, "steps": steps,
                       **{k: final["overall"][k] for k in ("auc", "gauc", "logloss")},
                       "per_domain_auc": {d: v["auc"] for d, v in final["per_domain"].items()},
                       "per_domain_gauc": {d: v["gauc"] for d, v in final["per_domain"].items()}}
-        rows = compare(frame, preds, runs, args.bootstrap, args.seed)
+        rows = compare(frame, preds, runs, args.bootstrap, args.seed, refs)
         out.write_text(json.dumps({"machine": machine, "config": config, "validation_rows": len(frame),
                                    "validation_clicks": int(frame["label"].sum()), "baseline": "pooling",
                                    "results": rows}, indent=1))
@@ -177,27 +187,31 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def compare(frame, preds: dict, runs: dict, replicates: int, seed: int) -> list[dict]:
-    """Per model: truth AUC, and (vs pooling) paired user-bootstrap intervals of dAUC and d truth AUC."""
+def compare(frame, preds: dict, runs: dict, replicates: int, seed: int, refs: dict | None = None) -> list[dict]:
+    """Per model (and reference score): truth AUC, and (vs pooling) paired user-bootstrap intervals of dAUC and
+    d truth AUC."""
     y = frame["label"].to_numpy(np.float64)
     pt = frame["p_true"].to_numpy(np.float64)
     _, user_idx = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
     rng = np.random.default_rng(seed)
     weights = rng.poisson(1.0, (replicates, user_idx.max() + 1)).astype(np.float64)[:, user_idx]
-    models = {"oracle (true CTR)": np.log(pt / (1 - pt)), **preds}
+    refs = refs or {}
+    models = {"oracle (true CTR)": np.log(pt / (1 - pt)), **refs, **preds}
     rows, boot = [], {}
     for name, s in models.items():
         order = np.argsort(s, kind="stable")
         r = dict(runs.get(name, {"model": name}))
         if name not in runs:
             r["auc"] = weighted_auc(order, y, 1 - y)
+        if name in refs:
+            r["reference"] = True
         r["truth_auc"] = weighted_auc(order, pt, 1 - pt)
         boot[name] = np.array([[weighted_auc(order, w * y, w * (1 - y)), weighted_auc(order, w * pt, w * (1 - pt))]
                                for w in weights])
         rows.append(r)
     if "pooling" in preds:
         for r in rows:
-            if r["model"] in preds and r["model"] != "pooling":
+            if (r["model"] in preds or r["model"] in refs) and r["model"] != "pooling":
                 d = boot[r["model"]] - boot["pooling"]
                 r["d_auc"] = r["auc"] - runs["pooling"]["auc"]
                 r["d_auc_ci"] = [float(np.quantile(d[:, 0], 0.025)), float(np.quantile(d[:, 0], 0.975))]

@@ -69,14 +69,29 @@ class MultiHeadAttention(nn.Module):
         return KV(self._split(k), self._split(v))
 
     # -- attention -------------------------------------------------------------------------------------------
-    def attend(self, q: torch.Tensor, kv: KV, mask: torch.Tensor | None) -> torch.Tensor:
-        """q [B, H, Nq, hd], kv [B, H, Nk, hd], mask bool broadcastable to [B, H, Nq, Nk] -> [B, Nq, dim]."""
+    def attend(self, q: torch.Tensor, kv: KV, mask: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """q [B, H, Nq, hd], kv [B, H, Nk, hd], mask bool broadcastable to [B, H, Nq, Nk] -> [B, Nq, dim].
+        bias: optional additive scores broadcastable to [B, H, Nq, Nk], applied where the mask is True."""
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         o = F.scaled_dot_product_attention(
             q, kv.k.to(q.dtype), kv.v.to(q.dtype), attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out_proj(self._merge(o))
+
+    def mass(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention mass log(1 + sum over valid keys of exp(score)) per query group, head and query:
+        q [B, C, H, N, hd], k [B, H, T, hd] (shared by the C groups), valid [B, T] bool, bias broadcastable to
+        [B, C, H, N, T] or None -> [B, C, H, N] (0 when no key is valid). It says how strongly a query matches the
+        keys at all, which the softmax-normalised output does not."""
+        s = torch.matmul(q, k.to(q.dtype).unsqueeze(1).transpose(-1, -2)) * self.head_dim**-0.5
+        if bias is not None:
+            s = s + bias.to(s.dtype)
+        s = s.masked_fill(~valid[:, None, None, None, :], torch.finfo(s.dtype).min)
+        return torch.logsumexp(torch.cat([s, s.new_zeros(*s.shape[:-1], 1)], -1), -1)
 
     def forward(
         self, x_q: torch.Tensor, x_kv: torch.Tensor | None = None, mask: torch.Tensor | None = None, kv: KV | None = None
@@ -87,13 +102,20 @@ class MultiHeadAttention(nn.Module):
         return self.attend(self.project_q(x_q), kv, mask), kv
 
     def attend_cached(
-        self, q: torch.Tensor, shared: KV, shared_valid: torch.Tensor, own: KV, own_mask: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        shared: KV,
+        shared_valid: torch.Tensor,
+        own: KV,
+        own_mask: torch.Tensor | None = None,
+        shared_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """C query groups per row over one shared (cached) key set plus each group's own keys.
 
         q: [B, C, H, m, hd]; shared: [B, H, T, hd] (the same for all C groups of a row); shared_valid: [B, T] bool
-        (visible to every query); own: [B, C, H, m', hd]; own_mask: [m, m'] bool or None (all visible).
-        Returns [B, C, m, dim]. Equals `attend` over the concatenated keys with the matching mask.
+        (visible to every query); own: [B, C, H, m', hd]; own_mask: [m, m'] bool or None (all visible);
+        shared_bias: optional additive scores for the shared keys, broadcastable to [B, C, H, m, T].
+        Returns [B, C, m, dim]. Equals `attend` over the concatenated keys with the matching mask and bias.
         """
         B, C, H, m, hd = q.shape
         T = shared.k.shape[-2]
@@ -101,8 +123,10 @@ class MultiHeadAttention(nn.Module):
         neg = torch.finfo(q.dtype).min
         qf = q.permute(0, 2, 1, 3, 4).reshape(B, H, C * m, hd)
         s_shared = torch.matmul(qf, shared.k.to(q.dtype).transpose(-1, -2)) * scale  # [B, H, C*m, T]
-        s_shared = s_shared.masked_fill(~shared_valid[:, None, None, :], neg)
         s_shared = s_shared.view(B, H, C, m, T).permute(0, 2, 1, 3, 4)  # [B, C, H, m, T]
+        if shared_bias is not None:
+            s_shared = s_shared + shared_bias.to(q.dtype)
+        s_shared = s_shared.masked_fill(~shared_valid[:, None, None, None, :], neg)
         s_own = torch.matmul(q, own.k.transpose(-1, -2)) * scale  # [B, C, H, m, m']
         if own_mask is not None:
             s_own = s_own.masked_fill(~own_mask, neg)

@@ -63,19 +63,29 @@ class TransformerBlock(nn.Module):
         x_kv: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         kv: KV | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x_q [B, Nq, dim] attends over x_kv [B, Nk, dim] (default: x_q itself) or a precomputed `kv`."""
+        """x_q [B, Nq, dim] attends over x_kv [B, Nk, dim] (default: x_q itself) or a precomputed `kv`;
+        `bias` (broadcastable to [B, H, Nq, Nk]): optional additive attention scores."""
         if kv is None:
             kv = self.kv(x_q if x_kv is None else x_kv)
-        a = self.attn.attend(self.attn.project_q(self._in(x_q)), kv, mask)
+        a = self.attn.attend(self.attn.project_q(self._in(x_q)), kv, mask, bias)
         return self._finish(x_q, a)
 
     def forward_cached(
-        self, x_q: torch.Tensor, shared: KV, shared_valid: torch.Tensor, own_mask: torch.Tensor | None = None
+        self,
+        x_q: torch.Tensor,
+        shared: KV,
+        shared_valid: torch.Tensor,
+        own_mask: torch.Tensor | None = None,
+        shared_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x_q [B, C, m, dim]: C query groups per row over the row's cached `shared` K/V plus their own m tokens."""
+        """x_q [B, C, m, dim]: C query groups per row over the row's cached `shared` K/V plus their own m tokens
+        (`shared_bias`, broadcastable to [B, C, H, m, T]: optional additive scores for the shared keys)."""
         h = self._in(x_q)
-        a = self.attn.attend_cached(self.attn.project_q(h), shared, shared_valid, self.attn.project_kv(h), own_mask)
+        a = self.attn.attend_cached(
+            self.attn.project_q(h), shared, shared_valid, self.attn.project_kv(h), own_mask, shared_bias
+        )
         return self._finish(x_q, a)
 
 

@@ -43,6 +43,8 @@ class EmbeddedBatch:
     cand: dict[str, torch.Tensor]  # CAND_KEYS -> [B, d]
     user: torch.Tensor  # [B, d]
     domain: torch.Tensor  # [B, d]
+    seq_category_ids: torch.Tensor  # [B, L] long category ids (0 in padding), for exact-match features
+    cand_category_ids: torch.Tensor  # [B] long
 
 
 def _table_name(vocab: str) -> str:
@@ -116,7 +118,15 @@ class SparseEmbedder(nn.Module):
         gap[mask] = batch.seq_time_gap
         cand = {k: jts[k].values().view(B, -1) for k in CAND_KEYS}
         pooled = self.ebc(batch.context)
-        return EmbeddedBatch(seq=seq, mask=mask, time_gap=gap, lengths=lengths, cand=cand, user=pooled["user_id"], domain=pooled["domain"])
+        return EmbeddedBatch(
+            seq=seq, mask=mask, time_gap=gap, lengths=lengths, cand=cand, user=pooled["user_id"], domain=pooled["domain"],
+            seq_category_ids=batch.sparse["seq_category"].to_padded_dense(desired_length=L, padding_value=0),
+            cand_category_ids=batch.sparse["item_category"].values(),
+        )
+
+    def candidate_category_ids(self, candidates: Candidates) -> torch.Tensor:
+        """[B, C] category ids as the lookups see them (modulo the vocabulary, like `build_batch`)."""
+        return candidates.item_category % self.spec.vocab_sizes["category"]
 
     def embed_candidates(self, candidates: Candidates) -> dict[str, torch.Tensor]:
         """[B, C] candidate ids -> CAND_KEYS -> [B, C, d] through the same (shared) tables."""
@@ -126,7 +136,7 @@ class SparseEmbedder(nn.Module):
         zeros = torch.zeros(n, dtype=torch.long, device=dev)
         ones = torch.ones(n, dtype=torch.long, device=dev)
         item = candidates.item_id.reshape(-1) % self.spec.vocab_sizes["item"]
-        cat = candidates.item_category.reshape(-1) % self.spec.vocab_sizes["category"]
+        cat = self.candidate_category_ids(candidates).reshape(-1)
         kjt = KeyedJaggedTensor(
             keys=list(SPARSE_KEYS),
             values=torch.cat([item, cat]),

@@ -7,7 +7,7 @@ parameters that personalise both the behaviour sequence and the candidate.
   h_i   = PSRG(x_i; z)                                               generated MLP (shared + private weights) per item
   q_j   = PCRG([item_c, category_c]; z), j = 1..n_queries            generated queries for the candidate
   o_j   = TargetAttention(q_j over h_1..L, padded positions masked)
-  logit = MLP([o_1, ..., o_n, item_c, category_c, user, domain])
+  logit = MLP([o_1, ..., o_n, (mass_1..n), item_c, category_c, user, domain])
 The personalized sequence h and the PCRG weights depend on the user/request only, so `encode_user` caches them and
 `score` runs the candidates' queries, the attention and the head.
 
@@ -27,6 +27,17 @@ The personalized sequence h and the PCRG weights depend on the user/request only
   maps the same features to seq_dim; adding both would be two projections of the same input). Padded positions give
   x_i = 0 (masked in the attention anyway). Time-gap buckets/width are the layer's defaults (32 / 8, as LONGER's).
   Everything stays candidate-independent, so it is cached by `encode_user`.
+- `recency_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
+  each of the n generated queries gets a learnable additive attention score per log2 bucket of the item's distance
+  from the newest event (recsys/layers/recency_bias.py, zero-initialised), so a query can concentrate on recent
+  behaviour without learning it through the key geometry.
+- `attention_mass` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
+  besides its softmax-normalised output, each query hands the head its attention mass log(1 + sum_i exp(score_i))
+  (recsys/layers/target_attention.py): how strongly the candidate matches the recent sequence at all, which
+  normalised attention hides (DIN's "intensity of interest").
+- `match_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged): each
+  query adds a learnable score to history items in the candidate's category (recsys/layers/match_bias.py: SIM's
+  hard-search signal as an attention bias).
 Evaluation is per domain (AUC/GAUC per domain and overall) in the training pipeline's metrics, as for every model.
 """
 from __future__ import annotations
@@ -43,6 +54,8 @@ from recsys.data.batch import BatchSpec, Candidates, RankingBatch
 from recsys.layers.adaptive_domain import PCRG, PSRG
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
+from recsys.layers.match_bias import CategoryMatchBias
+from recsys.layers.recency_bias import RecencyBias
 from recsys.layers.side_info import SequenceSideInfo, positions_from_newest
 from recsys.layers.target_attention import masked_target_attention
 from recsys.models.base import Ranker
@@ -60,6 +73,9 @@ class ADSConfig(StrictModel):
     n_queries: int = Field(4, gt=0, description="PCRG queries per candidate")
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     side_info: bool = Field(True, description="time gap + position-from-newest side info on each history item")
+    recency_bias: bool = Field(False, description="learnable attention bias per query and log2 distance-from-newest bucket")
+    attention_mass: bool = Field(False, description="feed each query's attention mass log(1 + sum exp score) to the head")
+    match_bias: bool = Field(False, description="learnable attention bias per query for history items in the candidate's category")
 
 
 @dataclass
@@ -70,6 +86,7 @@ class ADSState:
     q_bias: torch.Tensor  # [B, n_queries, seq_dim]
     user: torch.Tensor  # [B, d]
     domain: torch.Tensor  # [B, d]
+    seq_category: torch.Tensor  # [B, L] category ids (for the category-match bias)
 
 
 class ADSRanker(Ranker):
@@ -85,7 +102,9 @@ class ADSRanker(Ranker):
             self.seq_in = nn.Linear(4 * d, s)
         self.psrg = PSRG(s, cond, cfg.generator_hidden, cfg.psrg_depth, cfg.combine, cfg.psrg_residual)
         self.pcrg = PCRG(2 * d, s, cond, cfg.generator_hidden, cfg.n_queries, cfg.combine)
-        self.head = MLP(cfg.n_queries * s + 4 * d, cfg.hidden)
+        self.head = MLP(cfg.n_queries * (s + int(cfg.attention_mass)) + 4 * d, cfg.hidden)
+        self.recency = RecencyBias(cfg.n_queries) if cfg.recency_bias else None
+        self.match = CategoryMatchBias(cfg.n_queries) if cfg.match_bias else None
 
     def domain_features(self, e: EmbeddedBatch) -> torch.Tensor:
         """z [B, cond]: the generators' input."""
@@ -101,27 +120,36 @@ class ADSRanker(Ranker):
             x = self.seq_in(feats)
         h = self.psrg(x, z)
         w, b = self.pcrg.generate(z)
-        return ADSState(h, e.mask, w, b, e.user, e.domain)
+        return ADSState(h, e.mask, w, b, e.user, e.domain, e.seq_category_ids)
 
     def encode_user(self, batch: RankingBatch) -> ADSState:
         return self.encode(self.embedder(batch))
 
-    def _score(self, state: ADSState, item: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        """item, cat: [B, C, d] -> logits [B, C]."""
+    def _score(self, state: ADSState, item: torch.Tensor, cat: torch.Tensor, cat_ids: torch.Tensor) -> torch.Tensor:
+        """item, cat: [B, C, d], cat_ids [B, C] -> logits [B, C]."""
         B, C, _ = item.shape
         Q, s = self.cfg.n_queries, self.cfg.seq_dim
         q = PCRG.project(torch.cat([item, cat], -1), state.q_weight, state.q_bias).reshape(B, C * Q, s)
-        att = masked_target_attention(q, state.seq, state.seq, state.mask).view(B, C, Q * s)
+        L = state.mask.shape[1]
+        bias = torch.zeros((), device=item.device)  # per (candidate, query) row of q: [B, C, Q, L] -> [B, C*Q, L]
+        if self.recency is not None:  # [Q, B, L] -> [B, 1, Q, L]
+            bias = bias + self.recency(positions_from_newest(state.mask.sum(-1), L)).permute(1, 0, 2).unsqueeze(1)
+        if self.match is not None:  # [B, C, Q, L]
+            bias = bias + self.match(CategoryMatchBias.match(state.seq_category.unsqueeze(-1), state.mask.unsqueeze(-1), cat_ids))
+        bias = bias.expand(B, C, Q, L).reshape(B, C * Q, L) if bias.dim() else None
+        att = masked_target_attention(q, state.seq, state.seq, state.mask, bias, return_mass=self.cfg.attention_mass)
+        parts = [att[0].view(B, C, Q * s), att[1].view(B, C, Q)] if self.cfg.attention_mass else [att.view(B, C, Q * s)]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        return self.head(torch.cat([att, item, cat, ctx], -1)).squeeze(-1)
+        return self.head(torch.cat([*parts, item, cat, ctx], -1)).squeeze(-1)
 
     def score(self, state: ADSState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
-        return self._score(state, c["item_id"], c["item_category"])
+        return self._score(state, c["item_id"], c["item_category"], self.embedder.candidate_category_ids(candidates))
 
     def forward(self, batch: RankingBatch, return_aux: bool = False):
         e = self.embedder(batch)
-        logits = self._score(self.encode(e), e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))[:, 0]
+        logits = self._score(self.encode(e), e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1),
+                             e.cand_category_ids.unsqueeze(1))[:, 0]
         return (logits, torch.zeros((), device=logits.device)) if return_aux else logits
 
 

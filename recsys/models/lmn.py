@@ -8,7 +8,7 @@ Per history item i of user u (only real positions; padding never reaches the mem
   token_i   = [side_i, readout_i]                                      (readout = 0 outside the memory window)
             (`side_info: false`: token_i = [item_i, category_i, readout_i], the paper's token)
 Candidate c: target attention (att_heads heads of width att_dim) of [item_c, category_c] over token_1..L (padded
-positions masked), then MLP([attention output, item_c, category_c, user, domain]) -> logit.
+positions masked), then MLP([attention output, (attention mass), item_c, category_c, user, domain]) -> logit.
 Everything except the last step is candidate-independent, so `encode_user` caches the attention keys/values and
 `score` runs only the candidates' queries and the head.
 
@@ -39,6 +39,15 @@ loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the s
   so `encode_user` caches it inside the attention keys/values. Time-gap buckets/width: the layer's defaults (32 / 8).
 - Target attention is scaled dot-product (not DIN's MLP scorer) so scoring C candidates against L items stays
   a pair of batched matmuls.
+- `recency_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
+  each attention head gets a learnable additive score per log2 bucket of the item's distance from the newest event
+  (recsys/layers/recency_bias.py, zero-initialised).
+- `attention_mass` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
+  each head also hands the head MLP its attention mass log(1 + sum_i exp(score_i))
+  (recsys/layers/target_attention.py), the match intensity softmax attention hides.
+- `match_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged): each
+  head adds a learnable score to history items in the candidate's category (recsys/layers/match_bias.py: SIM's
+  hard-search signal as an attention bias).
 """
 from __future__ import annotations
 
@@ -54,6 +63,8 @@ from recsys.config import StrictModel
 from recsys.data.batch import BatchSpec, Candidates, RankingBatch
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
+from recsys.layers.match_bias import CategoryMatchBias
+from recsys.layers.recency_bias import RecencyBias
 from recsys.layers.product_key_memory import ProductKeyMemory, ProductKeyMemoryConfig
 from recsys.layers.side_info import SequenceSideInfo, positions_from_newest
 from recsys.layers.target_attention import masked_target_attention
@@ -72,6 +83,9 @@ class LMNConfig(StrictModel):
     att_dim: int = Field(32, gt=0, description="width per attention head")
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     side_info: bool = Field(True, description="time gap + position-from-newest side info in the attention tokens")
+    recency_bias: bool = Field(False, description="learnable attention bias per head and log2 distance-from-newest bucket")
+    attention_mass: bool = Field(False, description="feed each head's attention mass log(1 + sum exp score) to the head MLP")
+    match_bias: bool = Field(False, description="learnable attention bias per head for history items in the candidate's category")
 
 
 @dataclass
@@ -84,6 +98,7 @@ class LMNState:
     readout: torch.Tensor  # [N, value_dim] memory read-outs of the N read positions (packed)
     slots: torch.Tensor  # [N, heads, top_k] slot ids they read (to inspect memory usage)
     target: torch.Tensor  # [N, 3d] memory-loss target (detached)
+    seq_category: torch.Tensor  # [B, L] category ids (for the category-match bias)
 
 
 class LMNRanker(Ranker):
@@ -106,7 +121,9 @@ class LMNRanker(Ranker):
         self.kv = nn.Linear(2 * d, 2 * H * a)
         self.kv_mem = nn.Linear(m.value_dim, 2 * H * a, bias=False)
         self.q = nn.Linear(2 * d, H * a)
-        self.head = MLP(H * a + 4 * d, cfg.hidden)
+        self.head = MLP(H * (a + int(cfg.attention_mass)) + 4 * d, cfg.hidden)
+        self.recency = RecencyBias(H) if cfg.recency_bias else None
+        self.match = CategoryMatchBias(H) if cfg.match_bias else None
 
     # -- user side -----------------------------------------------------------------------------------------
     def memory_mask(self, e: EmbeddedBatch) -> torch.Tensor:
@@ -135,25 +152,33 @@ class LMNRanker(Ranker):
             tok = self.side_info(tok, e.time_gap, positions_from_newest(e.lengths, L), e.mask)
         kv = self.kv(tok).index_put((b, l), self.kv_mem(readout), accumulate=True)
         keys, values = (t.transpose(1, 2) for t in kv.view(B, L, 2, H, a).unbind(2))  # [B, H, L, a] each
-        return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target)
+        return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target, e.seq_category_ids)
 
     def encode_user(self, batch: RankingBatch) -> LMNState:
         return self.encode(self.embedder(batch))
 
     # -- candidate side ------------------------------------------------------------------------------------
-    def _score(self, state: LMNState, item: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        """item, cat: [B, C, d] -> logits [B, C]."""
+    def _score(self, state: LMNState, item: torch.Tensor, cat: torch.Tensor, cat_ids: torch.Tensor) -> torch.Tensor:
+        """item, cat: [B, C, d], cat_ids [B, C] -> logits [B, C]."""
         B, C, _ = item.shape
         H, a = self.cfg.att_heads, self.cfg.att_dim
         q = self.q(torch.cat([item, cat], -1)).view(B, C, H, a).transpose(1, 2)  # [B, H, C, a]
-        att = masked_target_attention(q, state.keys, state.values, state.mask.unsqueeze(1))  # [B, H, C, a]
-        att = att.transpose(1, 2).reshape(B, C, H * a)
+        bias = None  # [B, H, C, L]
+        if self.recency is not None:  # [H, B, L] -> [B, H, 1, L]
+            bias = self.recency(positions_from_newest(state.mask.sum(-1), state.mask.shape[1])).transpose(0, 1).unsqueeze(2)
+        if self.match is not None:  # [B, C, H, L] -> [B, H, C, L]
+            m = self.match(CategoryMatchBias.match(state.seq_category.unsqueeze(-1), state.mask.unsqueeze(-1), cat_ids))
+            bias = m.transpose(1, 2) if bias is None else bias + m.transpose(1, 2)
+        att = masked_target_attention(q, state.keys, state.values, state.mask.unsqueeze(1), bias, return_mass=True)
+        parts = [att[0].transpose(1, 2).reshape(B, C, H * a)]  # [B, H, C, a] -> [B, C, H*a]
+        if self.cfg.attention_mass:
+            parts.append(att[1].transpose(1, 2))  # [B, H, C] -> [B, C, H]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        return self.head(torch.cat([att, item, cat, ctx], -1)).squeeze(-1)
+        return self.head(torch.cat([*parts, item, cat, ctx], -1)).squeeze(-1)
 
     def score(self, state: LMNState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
-        return self._score(state, c["item_id"], c["item_category"])
+        return self._score(state, c["item_id"], c["item_category"], self.embedder.candidate_category_ids(candidates))
 
     def aux_loss(self, state: LMNState, batch: RankingBatch) -> torch.Tensor:
         # always through the decoder (also for 0 reads) so every rank's graph uses the same parameters (DDP)
@@ -164,7 +189,8 @@ class LMNRanker(Ranker):
     def forward(self, batch: RankingBatch, return_aux: bool = False):
         e = self.embedder(batch)
         state = self.encode(e)
-        logits = self._score(state, e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))[:, 0]
+        logits = self._score(state, e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1),
+                             e.cand_category_ids.unsqueeze(1))[:, 0]
         if return_aux:
             return logits, self.aux_loss(state, batch)
         return logits

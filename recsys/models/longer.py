@@ -40,6 +40,20 @@ what the two-stage equivalence test compares against.
   K=8 with InnerTrans is still the default because it is the paper's best setting at scale.
 - Norm placement: pre-norm by default; `norm: hybrid` is HybridNorm (QKV-norm + Post-Norm FFN), `post` is Post-Norm.
 - Head: final norm (pre-norm only) then an MLP over the m concatenated global outputs.
+- `recency_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
+  every block adds a learnable score per head and log2 bucket of the query-key distance in merged tokens
+  (recsys/layers/recency_bias.py, zero-initialised; HSTU's relative attention bias). A global query counts as
+  standing at the newest merged token; global keys get no bias. The bias depends on positions only, so the sequence
+  side stays candidate-independent and the KV cache exact.
+- `attention_mass` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
+  the head also reads, per global token and head, the layer-1 attention mass over the sequence keys, log(1 + sum_s
+  exp(score_s)) (MultiHeadAttention.mass): how strongly the candidate matches the (recent) history at all, which the
+  softmax-normalised outputs hide (DIN's "intensity"). From the cached layer-1 keys in `score`, so the two paths
+  stay equal.
+- `match_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged): in
+  layer 1 the global queries add a learnable score per head times the fraction of a merged token's items in the
+  candidate's category (recsys/layers/match_bias.py: SIM's hard-search signal). Candidate-dependent, so only global
+  queries get it; the state keeps the keys' category ids.
 - Training engineering: `bf16` wraps the dense part (after the embedding lookup) in bf16 autocast, logits are
   returned in fp32; `activation_checkpointing` recomputes the side-info/merge stage and every block in backward
   (torch.utils.checkpoint, non-reentrant).
@@ -51,6 +65,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -61,6 +76,8 @@ from recsys.layers.block import TransformerBlock
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
 from recsys.layers.norms import NormPlacement, NormType, make_norm
+from recsys.layers.match_bias import CategoryMatchBias
+from recsys.layers.recency_bias import RecencyBias
 from recsys.layers.side_info import SequenceSideInfo
 from recsys.layers.token_merge import TokenMerge
 from recsys.models.base import DenseOptionsMixin, Ranker
@@ -87,6 +104,9 @@ class LongerConfig(StrictModel):
     time_dim: int = Field(8, gt=0)
     position: Literal["from_newest", "from_oldest"] = "from_newest"
     head_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    recency_bias: bool = Field(False, description="learnable attention bias per head and log2 query-key distance")
+    attention_mass: bool = Field(False, description="head also gets each global token's layer-1 attention mass per head")
+    match_bias: bool = Field(False, description="layer-1 bias per head for merged tokens by their share of the candidate's category")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bf16: bool = Field(False, description="bf16 autocast for the dense part (training engineering, paper)")
     activation_checkpointing: bool = Field(False, description="torch.utils.checkpoint per block while training")
@@ -115,9 +135,12 @@ class LongerState:
     valid: list[torch.Tensor]  # [B, T_layer] bool per layer
     user: torch.Tensor  # [B, e]
     domain: torch.Tensor  # [B, e]
+    key_category: torch.Tensor  # [B, T, K] category ids of the layer-1 keys' items (category-match bias)
+    key_item_valid: torch.Tensor  # [B, T, K] bool
 
     def nbytes(self) -> int:
-        ts = [t for kv in self.kv for t in (kv.k, kv.v)] + self.valid + [self.user, self.domain]
+        ts = [t for kv in self.kv for t in (kv.k, kv.v)] + self.valid
+        ts += [self.user, self.domain, self.key_category, self.key_item_valid]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -165,8 +188,12 @@ class LongerRanker(DenseOptionsMixin, Ranker):
 
         self.cross = block()
         self.layers = nn.ModuleList([block() for _ in range(cfg.self_layers)])
+        self.recency = (
+            nn.ModuleList([RecencyBias(cfg.heads) for _ in range(1 + cfg.self_layers)]) if cfg.recency_bias else None
+        )
+        self.match = CategoryMatchBias(cfg.heads) if cfg.match_bias else None
         self.final_norm = make_norm(cfg.norm_type, D) if cfg.norm == "pre" else nn.Identity()
-        self.head = MLP(self.m * D, cfg.head_hidden, 1, cfg.dropout)
+        self.head = MLP(self.m * (D + (cfg.heads if cfg.attention_mass else 0)), cfg.head_hidden, 1, cfg.dropout)
 
     # -- sequence side -------------------------------------------------------------------------------------
     def _right_aligned(self, e: EmbeddedBatch) -> tuple[torch.Tensor, ...]:
@@ -183,16 +210,19 @@ class LongerRanker(DenseOptionsMixin, Ranker):
         feats = feats.gather(1, idx.unsqueeze(-1).expand(B, Lp, feats.shape[-1]))
         gap = e.time_gap.gather(1, idx)
         pos = (Lp - 1 - p).unsqueeze(0).expand(B, Lp) if self.cfg.position == "from_newest" else idx
-        return feats, gap, pos, valid
+        return feats, gap, pos, valid, e.seq_category_ids.gather(1, idx)
 
     def _tokens(self, feats, gap, pos, valid):
         items = self.side_info(feats, gap, pos, valid)
         return self.merge(items, valid)
 
-    def sequence_tokens(self, e: EmbeddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merged sequence tokens [B, T, d_model] (oldest -> newest, front-padded) and their validity [B, T]."""
-        feats, gap, pos, valid = self._right_aligned(e)
-        return self._run(self._tokens, feats, gap, pos, valid)
+    def sequence_tokens(self, e: EmbeddedBatch) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Merged sequence tokens [B, T, d_model] (oldest -> newest, front-padded), their validity [B, T], and the
+        category ids and validity of their items [B, T, K] each (for the category-match bias)."""
+        feats, gap, pos, valid, cats = self._right_aligned(e)
+        x, x_valid = self._run(self._tokens, feats, gap, pos, valid)
+        K = self.cfg.merge_k
+        return x, x_valid, (cats.view(cats.shape[0], -1, K), valid.view(valid.shape[0], -1, K))
 
     # -- global side ---------------------------------------------------------------------------------------
     def global_tokens(self, item: torch.Tensor, category: torch.Tensor, user: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -216,9 +246,58 @@ class LongerRanker(DenseOptionsMixin, Ranker):
                 toks.append(per_user(self.domain_proj(domain)))
         return torch.stack(toks, -2)
 
-    def _head(self, g: torch.Tensor) -> torch.Tensor:
-        g = self.final_norm(g)
-        return self.head(g.flatten(-2)).squeeze(-1)
+    def _head(self, g: torch.Tensor, mass: torch.Tensor | None) -> torch.Tensor:
+        """Final global outputs g [..., m, D] (+ their layer-1 attention mass [..., m * H]) -> logits [...]."""
+        g = self.final_norm(g).flatten(-2)
+        return self.head(g if mass is None else torch.cat([g, mass.to(g.dtype)], -1)).squeeze(-1)
+
+    def _mass(self, g: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """Layer-1 attention mass of the global input tokens g [B, C, m, D] over the sequence keys k [B, H, T, hd]
+        with their bias (`_global_bias`) -> [B, C, m * H] (None without `attention_mass`)."""
+        if not self.cfg.attention_mass:
+            return None
+        q = self.cross.attn.project_q(self.cross._in(g))  # [B, C, H, m, hd]
+        return self.cross.attn.mass(q, k, valid, bias).transpose(-1, -2).flatten(-2)  # [B, C, H, m] -> [B, C, m*H]
+
+    # -- attention biases -----------------------------------------------------------------------------------
+    def _bias(self, layer: int, q_pos: torch.Tensor, k_pos: torch.Tensor, n_global: int) -> torch.Tensor | None:
+        """Additive scores [H, Nq + m, Nk + m] for block `layer` (None without `recency_bias`): sequence query t ->
+        sequence key s by distance t - s, a global query as if at the newest key, global keys 0."""
+        if self.recency is None:
+            return None
+        newest = k_pos[-1:]
+        q = torch.cat([q_pos, newest.expand(n_global)])
+        b = self.recency[layer](q.unsqueeze(1) - k_pos.unsqueeze(0))  # [H, Nq + m, Nk]
+        return torch.cat([b, b.new_zeros(b.shape[0], b.shape[1], n_global)], 2)
+
+    def _shared_bias(self, layer: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
+        """[1, 1, H, 1, Nk] recency scores of a global query for the cached sequence keys of block `layer`."""
+        if self.recency is None:
+            return None
+        return self.recency[layer](torch.arange(n_keys - 1, -1, -1, device=device))[None, None, :, None, :]
+
+    def _global_bias(self, key_cats: tuple[torch.Tensor, torch.Tensor], cand_cats: torch.Tensor) -> torch.Tensor | None:
+        """Layer-1 scores of the global queries for the T sequence keys, broadcastable to [B, C, H, m, T]: recency
+        plus the category match of each merged token with the candidate (cand_cats [B, C])."""
+        T = key_cats[0].shape[1]
+        bias = self._shared_bias(0, T, cand_cats.device)
+        if self.match is not None:
+            mb = self.match(CategoryMatchBias.match(*key_cats, cand_cats)).unsqueeze(3)  # [B, C, H, 1, T]
+            bias = mb if bias is None else bias + mb
+        return bias
+
+    def _cross_bias(self, global_bias: torch.Tensor | None, q_pos: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+        """The full layer-1 bias [B, H, kq + m, T + m]: recency for the sequence queries, `global_bias` (one
+        candidate per row, [B or 1, 1, H, 1, T]) for the global queries' sequence keys, 0 for global keys."""
+        if global_bias is None:
+            return None
+        glob = global_bias[:, 0].expand(-1, -1, self.m, -1)  # [B, H, m, T]
+        rab = self._bias(0, q_pos, pos, 0)  # [H, kq, T] or None
+        if rab is None:
+            seq = glob.new_zeros(glob.shape[0], glob.shape[1], q_pos.shape[0], glob.shape[-1])
+        else:
+            seq = rab.unsqueeze(0).expand(glob.shape[0], -1, -1, -1)
+        return F.pad(torch.cat([seq, glob], 2), (0, self.m))
 
     # -- full forward ---------------------------------------------------------------------------------------
     def forward_states(self, batch: RankingBatch, keep_states: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -227,7 +306,7 @@ class LongerRanker(DenseOptionsMixin, Ranker):
         e = self.embedder(batch)
         states: list[torch.Tensor] = []
         with self._autocast(batch.labels.device):
-            x, valid = self.sequence_tokens(e)
+            x, valid, key_cats = self.sequence_tokens(e)
             g = self.global_tokens(e.cand["item_id"], e.cand["item_category"], e.user, e.domain)
             T = x.shape[1]
             kq = min(self.cfg.recent_k, T)
@@ -235,15 +314,20 @@ class LongerRanker(DenseOptionsMixin, Ranker):
             q_pos = pos[T - kq :]
             keys = torch.cat([x, g.to(x.dtype)], 1)
             queries = torch.cat([x[:, T - kq :], g.to(x.dtype)], 1)
-            h = self._run(self.cross, queries, keys, visibility_mask(q_pos, pos, valid, self.m))
+            gbias = self._global_bias(key_cats, e.cand_category_ids.unsqueeze(1))  # [B|1, 1, H, 1, T]
+            h = self._run(self.cross, queries, keys, visibility_mask(q_pos, pos, valid, self.m), None,
+                          self._cross_bias(gbias, q_pos, pos))
             if keep_states:
                 states += [x, h[:, :kq]]
             mask = visibility_mask(q_pos, q_pos, valid[:, T - kq :], self.m)
-            for blk in self.layers:
-                h = self._run(blk, h, None, mask)
+            for i, blk in enumerate(self.layers):
+                h = self._run(blk, h, None, mask, None, self._bias(i + 1, q_pos, q_pos, self.m))
                 if keep_states:
                     states.append(h[:, :kq])
-            logits = self._head(h[:, kq:])
+            mass = None
+            if self.cfg.attention_mass:
+                mass = self._mass(g.to(x.dtype).unsqueeze(1), self.cross.kv(x).k, valid, gbias)[:, 0]
+            logits = self._head(h[:, kq:], mass)
         return logits.float(), states
 
     def forward(self, batch: RankingBatch, return_aux: bool = False):
@@ -255,7 +339,7 @@ class LongerRanker(DenseOptionsMixin, Ranker):
         """Sequence side once per user: per-layer K/V of the (candidate-independent) sequence tokens."""
         e = self.embedder(batch)
         with self._autocast(batch.labels.device):
-            x, valid = self.sequence_tokens(e)
+            x, valid, key_cats = self.sequence_tokens(e)
             T = x.shape[1]
             kq = min(self.cfg.recent_k, T)
             pos = torch.arange(T, device=x.device)
@@ -264,24 +348,31 @@ class LongerRanker(DenseOptionsMixin, Ranker):
             kv = self.cross.kv(x)
             kvs, valids = [kv], [valid]
             if self.layers:
-                h = self.cross(x[:, T - kq :], kv=kv, mask=visibility_mask(q_pos, pos, valid, 0))
+                h = self.cross(
+                    x[:, T - kq :], kv=kv, mask=visibility_mask(q_pos, pos, valid, 0), bias=self._bias(0, q_pos, pos, 0)
+                )
                 mask = visibility_mask(q_pos, q_pos, q_valid, 0)
                 for i, blk in enumerate(self.layers):
                     kv = blk.kv(h)
                     kvs.append(kv)
                     valids.append(q_valid)
                     if i + 1 < len(self.layers):
-                        h = blk(h, kv=kv, mask=mask)
-        return LongerState(kv=kvs, valid=valids, user=e.user, domain=e.domain)
+                        h = blk(h, kv=kv, mask=mask, bias=self._bias(i + 1, q_pos, q_pos, 0))
+        return LongerState(
+            kv=kvs, valid=valids, user=e.user, domain=e.domain, key_category=key_cats[0], key_item_valid=key_cats[1]
+        )
 
     def score(self, state: LongerState, candidates: Candidates) -> torch.Tensor:
         """C candidates per user through the cache: only their m global tokens run, batched over C -> [B, C]."""
         c = self.embedder.embed_candidates(candidates)
         with self._autocast(candidates.item_id.device):
-            g = self.global_tokens(c["item_id"], c["item_category"], state.user, state.domain)  # [B, C, m, D]
-            for blk, kv, valid in zip([self.cross, *self.layers], state.kv, state.valid):
-                g = blk.forward_cached(g, kv, valid)
-            return self._head(g).float()
+            g = g_in = self.global_tokens(c["item_id"], c["item_category"], state.user, state.domain)  # [B, C, m, D]
+            cand_cats = self.embedder.candidate_category_ids(candidates)
+            gbias = self._global_bias((state.key_category, state.key_item_valid), cand_cats)  # layer 1
+            for i, (blk, kv, valid) in enumerate(zip([self.cross, *self.layers], state.kv, state.valid)):
+                bias = gbias if i == 0 else self._shared_bias(i, valid.shape[1], g.device)
+                g = blk.forward_cached(g, kv, valid, shared_bias=bias)
+            return self._head(g, self._mass(g_in, state.kv[0].k, state.valid[0], gbias)).float()
 
 
 __all__ = ["LongerConfig", "LongerRanker", "LongerState", "visibility_mask"]

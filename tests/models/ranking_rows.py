@@ -94,11 +94,11 @@ def padding_is_inert(model: torch.nn.Module, rows: pa.Table) -> bool:
     """Scores are bit-identical when every padded history position holds noise (and absurd time gaps), while
     changing a real position does change them (so the check can fail).
 
-    For models exposing `embedder`, `encode(EmbeddedBatch)` and `_score(state, item, category)`."""
+    For models exposing `embedder`, `encode(EmbeddedBatch)` and `_score(state, item, category, category_ids)`."""
     model.eval()
     with torch.no_grad():
         e = model.embedder(build_batch(rows, SPEC))
-        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))
+        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1), e.cand_category_ids.unsqueeze(1))
         ref = model._score(model.encode(e), *cand)
         pad = ~e.mask
         assert pad.any(), "rows must contain padding for this check to mean anything"
@@ -106,6 +106,8 @@ def padding_is_inert(model: torch.nn.Module, rows: pa.Table) -> bool:
         for k, v in e.seq.items():
             e.seq[k] = torch.where(pad.unsqueeze(-1), torch.randn(v.shape, generator=g) * 100, v)
         e.time_gap = torch.where(pad, torch.full_like(e.time_gap, 1e9), e.time_gap)
+        # padded category ids equal to each row's candidate category: a match there would move the scores
+        e.seq_category_ids = torch.where(pad, e.cand_category_ids.unsqueeze(1), e.seq_category_ids)
         out = model._score(model.encode(e), *cand)
         e.seq["seq_item_id"] = torch.where(e.mask.unsqueeze(-1), e.seq["seq_item_id"] + 1, e.seq["seq_item_id"])
         changed = model._score(model.encode(e), *cand)
@@ -121,7 +123,7 @@ def side_info_effect(model: torch.nn.Module, rows: pa.Table) -> tuple[float, flo
     model.eval()
     with torch.no_grad():
         e = model.embedder(build_batch(rows, SPEC))
-        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1))
+        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1), e.cand_category_ids.unsqueeze(1))
         ref = model._score(model.encode(e), *cand)
         gaps = dataclasses.replace(e, time_gap=torch.where(e.mask, e.time_gap * 37 + 5, e.time_gap))
         d_gap = (model._score(model.encode(gaps), *cand) - ref).abs().max().item()
@@ -141,3 +143,18 @@ def assert_learns_rule(model: torch.nn.Module, steps: int = 80) -> None:
     losses = train_losses(model, rule_rows(1024, seed=0), steps=steps)
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < 0.75 * first, (first, last)
+
+
+def randomize_attention_biases(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every recency / category-match bias random values (they start at zero, which would hide a bias applied
+    on one path only), so the equivalence tests exercise them."""
+    from recsys.layers.match_bias import CategoryMatchBias
+    from recsys.layers.recency_bias import RecencyBias
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (RecencyBias, CategoryMatchBias)):
+                for p in mod.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 2)
+    return model

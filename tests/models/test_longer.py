@@ -14,15 +14,15 @@ import recsys.models.longer as longer_mod
 from recsys.config import ConfigError, read_yaml, validate
 from recsys.data.batch import Candidates, build_batch
 from recsys.models.longer import LongerConfig, LongerRanker, visibility_mask
-from tests.models.ranking_rows import SPEC, random_rows, rule_rows
+from tests.models.ranking_rows import SPEC, random_rows, randomize_attention_biases, rule_rows
 
 BASE = {"embedding": {"dim": 8}, "d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3,
-        "self_layers": 2, "head_hidden": [16]}
+        "self_layers": 2, "head_hidden": [16], "recency_bias": True, "attention_mass": True, "match_bias": True}
 
 
 def _model(**kw) -> LongerRanker:
     torch.manual_seed(0)
-    return LongerRanker(LongerConfig.model_validate({**copy.deepcopy(BASE), **kw}), SPEC)
+    return randomize_attention_biases(LongerRanker(LongerConfig.model_validate({**copy.deepcopy(BASE), **kw}), SPEC))
 
 
 def _two_candidate_batches(n=10, seed=7):
@@ -174,13 +174,14 @@ def test_right_aligned_layout_puts_the_newest_event_last():
     model = _model()
     batch = build_batch(random_rows(5, seed=2, max_len=10, min_len=0), SPEC)
     e = model.embedder(batch)
-    feats, gap, pos, valid = model._right_aligned(e)
+    feats, gap, pos, valid, cats = model._right_aligned(e)
     assert feats.shape[1] == 12  # ceil(10 / 4) * 4
     for b, n in enumerate(batch.seq_lengths.tolist()):
         assert valid[b].sum() == n and (not n or valid[b, -n:].all())
         if n:
             assert torch.equal(feats[b, -1, :8], e.seq["seq_item_id"][b, n - 1])  # newest item at the end
             assert torch.equal(gap[b, -n:], e.time_gap[b, :n])
+            assert torch.equal(cats[b, -n:], e.seq_category_ids[b, :n])
     assert torch.equal(pos[0], torch.arange(11, -1, -1))  # from_newest: 0 = newest
 
 
@@ -214,7 +215,7 @@ def test_bf16_autocast_trains_and_stays_close_to_fp32():
     dtypes = []
     bf16.cross.attn.q_proj.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     logits = bf16(batch)
-    assert dtypes == [torch.bfloat16] and logits.dtype == torch.float32
+    assert dtypes and set(dtypes) == {torch.bfloat16} and logits.dtype == torch.float32
     F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
     assert all(torch.isfinite(p.grad).all() for p in bf16.parameters() if p.grad is not None)
     assert (logits - fp32(batch)).abs().max().item() < 0.05

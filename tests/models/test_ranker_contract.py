@@ -5,6 +5,7 @@ covered automatically):
   batch's own candidate (C=1) and for C>1 candidates per user (against forward on the batch replicated per
   candidate, `RankingBatch.expand`), with the hashed n-gram input on and off;
 - the candidate actually changes the scores (so the comparison above can fail);
+- recency / category-match biases (zero at init) get random values first, so a bias applied on one path only fails the test;
 - a few optimizer steps reduce the loss on a tiny learnable problem.
 
 Model sizes: `TINY[name]` overrides the config defaults (embedding dim 8 unless given). A model without an entry
@@ -21,32 +22,35 @@ import torch.nn.functional as F
 
 from recsys.data.batch import Candidates, build_batch
 from recsys.models.registry import MODELS
-from tests.models.ranking_rows import SPEC, random_rows, rule_rows
+from tests.models.ranking_rows import SPEC, random_rows, randomize_attention_biases, rule_rows
 
 TOL = 1e-5
+ON = {"recency_bias": True, "attention_mass": True, "match_bias": True}  # off by default, on in configs/
 TINY: dict[str, dict] = {
     "pooling": {"hidden": [16]},
     "din": {"attention_hidden": [16], "hidden": [16]},
     "transformer": {"d_model": 16, "heads": 2, "item_dim": 8, "layers": 2, "head_hidden": [16]},
     # merge_k=4 over histories of up to 24 items -> up to 6 merged tokens, recent_k=3 of them as queries
-    "longer": {"d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3, "self_layers": 2, "head_hidden": [16]},
+    "longer": {"d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3, "self_layers": 2, "head_hidden": [16],
+               **ON},
     "lmn": {
         "memory": {"n_keys": 16, "key_dim": 16, "value_dim": 8, "top_k": 4, "topk_per_axis": 4, "table_name": "t_lmn_memory"},
-        "query_hidden": [16], "att_dim": 8, "hidden": [32],
+        "query_hidden": [16], "att_dim": 8, "hidden": [32], **ON,
     },
-    "ads": {"seq_dim": 8, "generator_hidden": 16, "hidden": [32]},
+    "ads": {"seq_dim": 8, "generator_hidden": 16, "hidden": [32], **ON},
 }
 NAMES = sorted(MODELS)
 
 
-def build(name: str, ngram: bool = False) -> torch.nn.Module:
+def build(name: str, ngram: bool = False, options: bool = True) -> torch.nn.Module:
+    """The TINY model; `options=False` drops the attention options (the architecture their defaults give)."""
     cfg_cls, model_cls = MODELS[name]
-    data = copy.deepcopy(TINY.get(name, {}))
+    data = {k: v for k, v in copy.deepcopy(TINY.get(name, {})).items() if options or k not in ON}
     emb = data.setdefault("embedding", {})
     emb.setdefault("dim", 8)
     emb["ngram"] = {"enabled": ngram, "orders": [2, 3], "table_size": 97}
     torch.manual_seed(0)
-    return model_cls(cfg_cls.model_validate(data), SPEC)
+    return randomize_attention_biases(model_cls(cfg_cls.model_validate(data), SPEC))
 
 
 def random_candidates(B: int, C: int, seed: int) -> Candidates:
@@ -71,10 +75,14 @@ def test_two_stage_equals_forward_own_candidate(name, ngram):
     assert diff <= TOL, f"{name}: two-stage differs from forward by {diff}"
 
 
+# models with attention options also run with them off
+NAME_OPTIONS = [(n, True) for n in NAMES] + [(n, False) for n in NAMES if set(ON) & set(TINY.get(n, {}))]
+
+
 @pytest.mark.parametrize("ngram", [False, True], ids=["ngram_off", "ngram_on"])
-@pytest.mark.parametrize("name", NAMES)
-def test_two_stage_equals_forward_many_candidates(name, ngram):
-    model = build(name, ngram).eval()
+@pytest.mark.parametrize("name,options", NAME_OPTIONS, ids=[f"{n}-{'opt' if o else 'noopt'}" for n, o in NAME_OPTIONS])
+def test_two_stage_equals_forward_many_candidates(name, options, ngram):
+    model = build(name, ngram, options).eval()
     B, C = 10, 7
     batch = build_batch(random_rows(B, seed=11), SPEC)
     cands = random_candidates(B, C, seed=3)
