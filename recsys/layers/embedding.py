@@ -3,6 +3,9 @@
 - One EmbeddingCollection over the batch's `sparse` KJT: history and candidate share the item and category tables
   (a table lists both feature names), so one lookup serves both and sharding sees one table per vocabulary.
 - One EmbeddingBagCollection over the `context` KJT (user id, request domain; pooled).
+- Optional user x candidate cross features (`category_share`: recency-weighted share of the history in the
+  candidate's category, recsys/layers/cross_features.py), for the batch's own candidate (`EmbeddedBatch.cross`)
+  and for C candidates from a cached state (`cross_features`); every model feeds them to its head.
 - Optional hashed n-gram item embeddings (Over-tokenized inputs, arXiv 2501.16975): for n in `ngram.orders`,
   id_n(t) = (x_t + x_{t-1} V + x_{t-2} V^2 ...) mod table_size over consecutive history items (positions before the
   sequence start use id 0 = "no item"), looked up in a separate EmbeddingCollection and added to the item embedding.
@@ -11,6 +14,7 @@ Padded outputs are left-aligned: position j < length is the j-th oldest kept eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from pydantic import Field
@@ -21,6 +25,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.config import StrictModel
 from recsys.data.batch import CAND_KEYS, CONTEXT_KEYS, SEQ_KEYS, SPARSE_KEYS, BatchSpec, Candidates, RankingBatch
+from recsys.layers.cross_features import category_share
+from recsys.layers.side_info import positions_from_newest
 
 
 class NGramConfig(StrictModel):
@@ -32,6 +38,11 @@ class NGramConfig(StrictModel):
 class EmbeddingSettings(StrictModel):
     dim: int = Field(32, gt=0, description="width of every id embedding")
     ngram: NGramConfig = Field(default_factory=NGramConfig)
+    category_share: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=list,
+        description="decay rates of the user x candidate category-share cross features (recsys/layers/cross_features.py); "
+        "empty = none",
+    )
 
 
 @dataclass
@@ -45,6 +56,7 @@ class EmbeddedBatch:
     domain: torch.Tensor  # [B, d]
     seq_category_ids: torch.Tensor  # [B, L] long category ids (0 in padding), for exact-match features
     cand_category_ids: torch.Tensor  # [B] long
+    cross: torch.Tensor | None  # [B, n] category-share cross features of the batch's candidate (None when off)
 
 
 def _table_name(vocab: str) -> str:
@@ -118,11 +130,30 @@ class SparseEmbedder(nn.Module):
         gap[mask] = batch.seq_time_gap
         cand = {k: jts[k].values().view(B, -1) for k in CAND_KEYS}
         pooled = self.ebc(batch.context)
+        seq_cats = batch.sparse["seq_category"].to_padded_dense(desired_length=L, padding_value=0)
+        cand_cats = batch.sparse["item_category"].values()
+        cross = self.cross_features(seq_cats, mask, cand_cats.unsqueeze(1))
         return EmbeddedBatch(
             seq=seq, mask=mask, time_gap=gap, lengths=lengths, cand=cand, user=pooled["user_id"], domain=pooled["domain"],
-            seq_category_ids=batch.sparse["seq_category"].to_padded_dense(desired_length=L, padding_value=0),
-            cand_category_ids=batch.sparse["item_category"].values(),
+            seq_category_ids=seq_cats, cand_category_ids=cand_cats, cross=None if cross is None else cross[:, 0],
         )
+
+    # -- cross features ------------------------------------------------------------------------------------
+    @property
+    def n_cross(self) -> int:
+        """Width of the cross features (0 when off)."""
+        return len(self.cfg.category_share)
+
+    def cross_features(self, seq_category: torch.Tensor, valid: torch.Tensor, cand_category: torch.Tensor,
+                       pos: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Category-share cross features [B, C, n] for left-aligned histories seq_category / valid [B, L] (or any
+        layout with its distance-from-newest `pos` [B, L]) and candidates cand_category [B, C]; None when off."""
+        if not self.cfg.category_share:
+            return None
+        if pos is None:
+            pos = positions_from_newest(valid.sum(-1), valid.shape[1])
+        decays = torch.tensor(self.cfg.category_share, device=valid.device)
+        return category_share(seq_category, valid, pos, cand_category, decays)
 
     def candidate_category_ids(self, candidates: Candidates) -> torch.Tensor:
         """[B, C] category ids as the lookups see them (modulo the vocabulary, like `build_batch`)."""

@@ -7,7 +7,7 @@ parameters that personalise both the behaviour sequence and the candidate.
   h_i   = PSRG(x_i; z)                                               generated MLP (shared + private weights) per item
   q_j   = PCRG([item_c, category_c]; z), j = 1..n_queries            generated queries for the candidate
   o_j   = TargetAttention(q_j over h_1..L, padded positions masked)
-  logit = MLP([o_1, ..., o_n, (mass_1..n), item_c, category_c, user, domain])
+  logit = MLP([o_1, ..., o_n, (mass_1..n), item_c, category_c, user, domain, (cross features)])
 The personalized sequence h and the PCRG weights depend on the user/request only, so `encode_user` caches them and
 `score` runs the candidates' queries, the attention and the head.
 
@@ -102,7 +102,7 @@ class ADSRanker(Ranker):
             self.seq_in = nn.Linear(4 * d, s)
         self.psrg = PSRG(s, cond, cfg.generator_hidden, cfg.psrg_depth, cfg.combine, cfg.psrg_residual)
         self.pcrg = PCRG(2 * d, s, cond, cfg.generator_hidden, cfg.n_queries, cfg.combine)
-        self.head = MLP(cfg.n_queries * (s + int(cfg.attention_mass)) + 4 * d, cfg.hidden)
+        self.head = MLP(cfg.n_queries * (s + int(cfg.attention_mass)) + 4 * d + self.embedder.n_cross, cfg.hidden)
         self.recency = RecencyBias(cfg.n_queries) if cfg.recency_bias else None
         self.match = CategoryMatchBias(cfg.n_queries) if cfg.match_bias else None
 
@@ -140,7 +140,8 @@ class ADSRanker(Ranker):
         att = masked_target_attention(q, state.seq, state.seq, state.mask, bias, return_mass=self.cfg.attention_mass)
         parts = [att[0].view(B, C, Q * s), att[1].view(B, C, Q)] if self.cfg.attention_mass else [att.view(B, C, Q * s)]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        return self.head(torch.cat([*parts, item, cat, ctx], -1)).squeeze(-1)
+        cross = self.embedder.cross_features(state.seq_category, state.mask, cat_ids)
+        return self.head(torch.cat([*parts, item, cat, ctx] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
     def score(self, state: ADSState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)

@@ -4,7 +4,7 @@ For a candidate v = [item, category] and each history item h_j = [item_j, catego
   w_j = ActivationUnit([h_j, v, h_j - v, h_j * v])      (an MLP -> scalar; the paper's out-product replaced by the
                                                          element-wise product, as in most public implementations)
   interest = sum_j w_j * h_j over real positions          (no softmax: DIN keeps the intensity of interest)
-  logit = MLP([interest, mean-pooled history, user, domain, v])
+  logit = MLP([interest, mean-pooled history, user, domain, v, (cross features: embedding.category_share)])
 [ours] `weight_norm`: "none" (the paper), "softmax", or "mean" (divide the weighted sum by the history length).
 Default "mean": the paper's histories are short; with L up to 2000 the unnormalised sum scales with L, so its
 magnitude would track history length rather than interest intensity. "none" remains available.
@@ -40,6 +40,7 @@ class DINState:
     hist: torch.Tensor  # [B, L, 2e] history [item, category]
     valid: torch.Tensor  # [B, L]
     profile: torch.Tensor  # [B, 4e] mean-pooled history, user, domain
+    seq_category: torch.Tensor  # [B, L] category ids (cross features)
 
 
 class DINRanker(Ranker):
@@ -49,16 +50,16 @@ class DINRanker(Ranker):
         e = cfg.embedding.dim
         self.embedder = SparseEmbedder(spec, cfg.embedding)
         self.unit = MLP(8 * e, cfg.attention_hidden, 1)
-        self.mlp = MLP(8 * e, cfg.hidden)
+        self.mlp = MLP(8 * e + self.embedder.n_cross, cfg.hidden)
 
     def _state(self, e) -> DINState:
         hist = torch.cat([e.seq["seq_item_id"], e.seq["seq_category"]], -1)
         m = e.mask.unsqueeze(-1).to(hist.dtype)
         pooled = (hist * m).sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(hist.dtype)
-        return DINState(hist, e.mask, torch.cat([pooled, e.user, e.domain], -1))
+        return DINState(hist, e.mask, torch.cat([pooled, e.user, e.domain], -1), e.seq_category_ids)
 
-    def _logits(self, s: DINState, v: torch.Tensor) -> torch.Tensor:
-        """v [B, C, 2e] -> logits [B, C]."""
+    def _logits(self, s: DINState, v: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
+        """v [B, C, 2e], cross [B, C, n] or None -> logits [B, C]."""
         h = s.hist.unsqueeze(1)  # [B, 1, L, 2e]
         vv = v.unsqueeze(2).expand(-1, -1, h.shape[2], -1)  # [B, C, L, 2e]
         hh = h.expand_as(vv)
@@ -71,14 +72,14 @@ class DINRanker(Ranker):
             w = w / valid.sum(-1, keepdim=True).clamp(min=1).to(w.dtype)
         interest = torch.matmul(w, s.hist)  # [B, C, 2e]
         prof = s.profile.unsqueeze(1).expand(-1, v.shape[1], -1)
-        return self.mlp(torch.cat([interest, prof, v], -1)).squeeze(-1)
+        return self.mlp(torch.cat([interest, prof, v] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
     def forward(self, batch: RankingBatch, return_aux: bool = False):
         e = self.embedder(batch)
         s = self._state(e)
         # the batch's own candidate through the embedder's candidate path (not embed_candidates)
         v = torch.cat([e.cand["item_id"], e.cand["item_category"]], -1).unsqueeze(1)
-        logits = self._logits(s, v)[:, 0]
+        logits = self._logits(s, v, None if e.cross is None else e.cross.unsqueeze(1))[:, 0]
         return (logits, torch.zeros((), device=logits.device)) if return_aux else logits
 
     def encode_user(self, batch: RankingBatch) -> DINState:
@@ -87,8 +88,11 @@ class DINRanker(Ranker):
     def score(self, state: DINState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
         v = torch.cat([c["item_id"], c["item_category"]], -1)
+        cross = self.embedder.cross_features(state.seq_category, state.valid, self.embedder.candidate_category_ids(candidates))
         k = self.cfg.score_chunk
-        return torch.cat([self._logits(state, v[:, i : i + k]) for i in range(0, v.shape[1], k)], 1)
+        return torch.cat(
+            [self._logits(state, v[:, i : i + k], None if cross is None else cross[:, i : i + k]) for i in range(0, v.shape[1], k)], 1
+        )
 
 
 __all__ = ["DINConfig", "DINRanker", "DINState"]

@@ -8,7 +8,8 @@ Per history item i of user u (only real positions; padding never reaches the mem
   token_i   = [side_i, readout_i]                                      (readout = 0 outside the memory window)
             (`side_info: false`: token_i = [item_i, category_i, readout_i], the paper's token)
 Candidate c: target attention (att_heads heads of width att_dim) of [item_c, category_c] over token_1..L (padded
-positions masked), then MLP([attention output, (attention mass), item_c, category_c, user, domain]) -> logit.
+positions masked), then MLP([attention output, (attention mass), item_c, category_c, user, domain, (cross features)])
+-> logit.
 Everything except the last step is candidate-independent, so `encode_user` caches the attention keys/values and
 `score` runs only the candidates' queries and the head.
 
@@ -121,7 +122,7 @@ class LMNRanker(Ranker):
         self.kv = nn.Linear(2 * d, 2 * H * a)
         self.kv_mem = nn.Linear(m.value_dim, 2 * H * a, bias=False)
         self.q = nn.Linear(2 * d, H * a)
-        self.head = MLP(H * (a + int(cfg.attention_mass)) + 4 * d, cfg.hidden)
+        self.head = MLP(H * (a + int(cfg.attention_mass)) + 4 * d + self.embedder.n_cross, cfg.hidden)
         self.recency = RecencyBias(H) if cfg.recency_bias else None
         self.match = CategoryMatchBias(H) if cfg.match_bias else None
 
@@ -174,7 +175,8 @@ class LMNRanker(Ranker):
         if self.cfg.attention_mass:
             parts.append(att[1].transpose(1, 2))  # [B, H, C] -> [B, C, H]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        return self.head(torch.cat([*parts, item, cat, ctx], -1)).squeeze(-1)
+        cross = self.embedder.cross_features(state.seq_category, state.mask, cat_ids)
+        return self.head(torch.cat([*parts, item, cat, ctx] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
     def score(self, state: LMNState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)

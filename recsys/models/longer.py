@@ -7,7 +7,8 @@ Pipeline for one (user, candidate) row:
 2. Token merge: K = `merge_k` adjacent items -> one token (concatenation + projection to `d_model`), optional
    InnerTrans (one small transformer block inside each group; recsys.layers.token_merge).
 3. Global tokens (m = len(`global_tokens`)): candidate item ([item, category] -> d_model), learnable CLS token(s),
-   user-id embedding, request-domain embedding.
+   user-id embedding, request-domain embedding, and `cross`: the paper's "compressed user-item features" — the
+   embedder's user x candidate cross features (embedding.category_share) projected to d_model.
 4. Layer 1, cross-causal: queries = the m global tokens + the k = `recent_k` most recent merged tokens;
    keys/values = all merged tokens + the global tokens.
 5. `self_layers` self-causal layers over the k + m tokens.
@@ -82,7 +83,7 @@ from recsys.layers.side_info import SequenceSideInfo
 from recsys.layers.token_merge import TokenMerge
 from recsys.models.base import DenseOptionsMixin, Ranker
 
-GlobalToken = Literal["candidate", "cls", "user", "domain"]
+GlobalToken = Literal["candidate", "cls", "user", "domain", "cross"]
 
 
 class LongerConfig(StrictModel):
@@ -115,9 +116,11 @@ class LongerConfig(StrictModel):
     def _check(self) -> "LongerConfig":
         if self.global_tokens.count("candidate") != 1:
             raise ValueError("global_tokens must contain 'candidate' exactly once")
-        for t in ("user", "domain"):
+        for t in ("user", "domain", "cross"):
             if self.global_tokens.count(t) > 1:
                 raise ValueError(f"global_tokens lists {t!r} more than once (only 'cls' may repeat)")
+        if "cross" in self.global_tokens and not self.embedding.category_share:
+            raise ValueError("global_tokens lists 'cross' but embedding.category_share is empty (no cross features)")
         if self.d_model % self.heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}")
         if self.inner_trans and self.item_dim % self.inner_heads:
@@ -182,6 +185,7 @@ class LongerRanker(DenseOptionsMixin, Ranker):
         self.cls = nn.Parameter(torch.randn(max(n_cls, 1), D) * 0.02) if n_cls else None
         self.user_proj = nn.Linear(e, D) if "user" in cfg.global_tokens else None
         self.domain_proj = nn.Linear(e, D) if "domain" in cfg.global_tokens else None
+        self.cross_proj = nn.Linear(self.embedder.n_cross, D) if "cross" in cfg.global_tokens else None
 
         def block() -> TransformerBlock:
             return TransformerBlock(D, cfg.heads, cfg.ffn_mult, cfg.norm, cfg.norm_type, cfg.dropout)
@@ -225,8 +229,10 @@ class LongerRanker(DenseOptionsMixin, Ranker):
         return x, x_valid, (cats.view(cats.shape[0], -1, K), valid.view(valid.shape[0], -1, K))
 
     # -- global side ---------------------------------------------------------------------------------------
-    def global_tokens(self, item: torch.Tensor, category: torch.Tensor, user: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """item/category [B, (C,) e], user/domain [B, e] -> [B, (C,) m, d_model] in `global_tokens` order."""
+    def global_tokens(self, item: torch.Tensor, category: torch.Tensor, user: torch.Tensor, domain: torch.Tensor,
+                      cross: torch.Tensor | None = None) -> torch.Tensor:
+        """item/category [B, (C,) e], user/domain [B, e], cross [B, (C,) n] (the embedder's user x candidate cross
+        features, for a 'cross' token) -> [B, (C,) m, d_model] in `global_tokens` order."""
         lead = item.shape[:-1]
         extra = len(lead) - 1
 
@@ -242,6 +248,8 @@ class LongerRanker(DenseOptionsMixin, Ranker):
                 n_cls += 1
             elif kind == "user":
                 toks.append(per_user(self.user_proj(user)))
+            elif kind == "cross":
+                toks.append(self.cross_proj(cross.to(item.dtype)))
             else:
                 toks.append(per_user(self.domain_proj(domain)))
         return torch.stack(toks, -2)
@@ -307,7 +315,7 @@ class LongerRanker(DenseOptionsMixin, Ranker):
         states: list[torch.Tensor] = []
         with self._autocast(batch.labels.device):
             x, valid, key_cats = self.sequence_tokens(e)
-            g = self.global_tokens(e.cand["item_id"], e.cand["item_category"], e.user, e.domain)
+            g = self.global_tokens(e.cand["item_id"], e.cand["item_category"], e.user, e.domain, e.cross)
             T = x.shape[1]
             kq = min(self.cfg.recent_k, T)
             pos = torch.arange(T, device=x.device)
@@ -365,9 +373,14 @@ class LongerRanker(DenseOptionsMixin, Ranker):
     def score(self, state: LongerState, candidates: Candidates) -> torch.Tensor:
         """C candidates per user through the cache: only their m global tokens run, batched over C -> [B, C]."""
         c = self.embedder.embed_candidates(candidates)
+        cand_cats = self.embedder.candidate_category_ids(candidates)
+        cross = None
+        if self.cross_proj is not None:  # from the cached right-aligned category ids (distance from newest: Lp-1-j)
+            cats, ok = state.key_category.flatten(1), state.key_item_valid.flatten(1)
+            pos = torch.arange(cats.shape[1] - 1, -1, -1, device=cats.device).expand_as(cats)
+            cross = self.embedder.cross_features(cats, ok, cand_cats, pos)
         with self._autocast(candidates.item_id.device):
-            g = g_in = self.global_tokens(c["item_id"], c["item_category"], state.user, state.domain)  # [B, C, m, D]
-            cand_cats = self.embedder.candidate_category_ids(candidates)
+            g = g_in = self.global_tokens(c["item_id"], c["item_category"], state.user, state.domain, cross)  # [B, C, m, D]
             gbias = self._global_bias((state.key_category, state.key_item_valid), cand_cats)  # layer 1
             for i, (blk, kv, valid) in enumerate(zip([self.cross, *self.layers], state.kv, state.valid)):
                 bias = gbias if i == 0 else self._shared_bias(i, valid.shape[1], g.device)

@@ -61,6 +61,7 @@ class TransformerState:
     valid: torch.Tensor  # [B, L]
     user: torch.Tensor  # [B, e]
     domain: torch.Tensor  # [B, e]
+    seq_category: torch.Tensor  # [B, L] category ids (cross features)
 
 
 class TransformerRanker(DenseOptionsMixin, Ranker):
@@ -76,7 +77,7 @@ class TransformerRanker(DenseOptionsMixin, Ranker):
             [TransformerBlock(D, cfg.heads, cfg.ffn_mult, cfg.norm, cfg.norm_type, cfg.dropout) for _ in range(cfg.layers)]
         )
         self.final_norm = make_norm(cfg.norm_type, D) if cfg.norm == "pre" else nn.Identity()
-        self.head = MLP(D + 2 * e, cfg.head_hidden, 1, cfg.dropout)
+        self.head = MLP(D + 2 * e + self.embedder.n_cross, cfg.head_hidden, 1, cfg.dropout)
 
     def _history_tokens(self, e: EmbeddedBatch) -> torch.Tensor:
         feats = torch.cat([e.seq[k] for k in SEQ_KEYS], -1)
@@ -85,33 +86,36 @@ class TransformerRanker(DenseOptionsMixin, Ranker):
         pos = (e.lengths.unsqueeze(1) - 1 - j) if self.cfg.position == "from_newest" else j.expand_as(e.mask)
         return self.item_proj(self.side_info(feats, e.time_gap, pos, e.mask))
 
-    def _encode(self, tokens, valid, cand, user, domain) -> torch.Tensor:
-        """History tokens [N, L, D] + candidate token [N, D] -> logits [N] (full attention over L+1 tokens)."""
+    def _encode(self, tokens, valid, cand, user, domain, cross=None) -> torch.Tensor:
+        """History tokens [N, L, D] + candidate token [N, D] (+ cross features [N, n]) -> logits [N] (full attention
+        over L+1 tokens)."""
         x = torch.cat([tokens, cand.unsqueeze(1).to(tokens.dtype)], 1)
         key_valid = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], 1)
         mask = key_valid[:, None, None, :]  # [N, 1, 1, L+1]: every query sees every real key
         for blk in self.blocks:
             x = self._run(blk, x, None, mask)
         out = self.final_norm(x[:, -1])
-        return self.head(torch.cat([out, user.to(out.dtype), domain.to(out.dtype)], -1)).squeeze(-1)
+        parts = [out, user.to(out.dtype), domain.to(out.dtype)] + ([cross.to(out.dtype)] if cross is not None else [])
+        return self.head(torch.cat(parts, -1)).squeeze(-1)
 
     def forward(self, batch: RankingBatch, return_aux: bool = False):
         e = self.embedder(batch)
         with self._autocast(batch.labels.device):
             tokens = self._history_tokens(e)
             cand = self.cand_proj(torch.cat([e.cand["item_id"], e.cand["item_category"]], -1))
-            logits = self._encode(tokens, e.mask, cand, e.user, e.domain).float()
+            logits = self._encode(tokens, e.mask, cand, e.user, e.domain, e.cross).float()
         return (logits, torch.zeros((), device=logits.device)) if return_aux else logits
 
     def encode_user(self, batch: RankingBatch) -> TransformerState:
         e = self.embedder(batch)
         with self._autocast(batch.labels.device):
-            return TransformerState(self._history_tokens(e), e.mask, e.user, e.domain)
+            return TransformerState(self._history_tokens(e), e.mask, e.user, e.domain, e.seq_category_ids)
 
     def score(self, state: TransformerState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
         B, C = candidates.item_id.shape
         out = []
+        cross = self.embedder.cross_features(state.seq_category, state.valid, self.embedder.candidate_category_ids(candidates))
         with self._autocast(candidates.item_id.device):
             cand = self.cand_proj(torch.cat([c["item_id"], c["item_category"]], -1))  # [B, C, D]
             for s in range(0, C, self.cfg.score_chunk):
@@ -121,7 +125,8 @@ class TransformerRanker(DenseOptionsMixin, Ranker):
                 def rep(t: torch.Tensor) -> torch.Tensor:
                     return t.repeat_interleave(n, dim=0)
 
-                logits = self._encode(rep(state.tokens), rep(state.valid), cc.reshape(B * n, -1), rep(state.user), rep(state.domain))
+                cx = None if cross is None else cross[:, s : s + n].reshape(B * n, -1)
+                logits = self._encode(rep(state.tokens), rep(state.valid), cc.reshape(B * n, -1), rep(state.user), rep(state.domain), cx)
                 out.append(logits.float().view(B, n))
         return torch.cat(out, 1)
 

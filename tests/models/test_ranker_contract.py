@@ -5,7 +5,8 @@ covered automatically):
   batch's own candidate (C=1) and for C>1 candidates per user (against forward on the batch replicated per
   candidate, `RankingBatch.expand`), with the hashed n-gram input on and off;
 - the candidate actually changes the scores (so the comparison above can fail);
-- recency / category-match biases (zero at init) get random values first, so a bias applied on one path only fails the test;
+- with the options on (cross features for every model, recency / category-match biases and attention mass where a
+  model has them) and off; the biases (zero at init) get random values first, so one applied on one path only fails;
 - a few optimizer steps reduce the loss on a tiny learnable problem.
 
 Model sizes: `TINY[name]` overrides the config defaults (embedding dim 8 unless given). A model without an entry
@@ -43,12 +44,17 @@ NAMES = sorted(MODELS)
 
 
 def build(name: str, ngram: bool = False, options: bool = True) -> torch.nn.Module:
-    """The TINY model; `options=False` drops the attention options (the architecture their defaults give)."""
+    """The TINY model; `options=True` adds the cross features (LONGER: as a global token), `False` drops them and
+    the attention options (the architecture their defaults give)."""
     cfg_cls, model_cls = MODELS[name]
     data = {k: v for k, v in copy.deepcopy(TINY.get(name, {})).items() if options or k not in ON}
     emb = data.setdefault("embedding", {})
     emb.setdefault("dim", 8)
     emb["ngram"] = {"enabled": ngram, "orders": [2, 3], "table_size": 97}
+    if options:
+        emb["category_share"] = [0.5, 0.9, 1.0]
+        if name == "longer":
+            data["global_tokens"] = ["candidate", "cls", "user", "domain", "cross"]
     torch.manual_seed(0)
     return randomize_attention_biases(model_cls(cfg_cls.model_validate(data), SPEC))
 
@@ -75,8 +81,8 @@ def test_two_stage_equals_forward_own_candidate(name, ngram):
     assert diff <= TOL, f"{name}: two-stage differs from forward by {diff}"
 
 
-# models with attention options also run with them off
-NAME_OPTIONS = [(n, True) for n in NAMES] + [(n, False) for n in NAMES if set(ON) & set(TINY.get(n, {}))]
+# every model also runs without its options (cross features, attention options)
+NAME_OPTIONS = [(n, o) for n in NAMES for o in (True, False)]
 
 
 @pytest.mark.parametrize("ngram", [False, True], ids=["ngram_off", "ngram_on"])
