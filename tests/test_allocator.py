@@ -43,8 +43,11 @@ def test_tuned_allocator_reuses_freed_pages():
     # (measured 48k-88k faults per step here)
     assert sum(off["faults"][-4:]) > 2 * hidden_pages
     # tuned: freed blocks stay in the heap and are reused -> no new faults once the heap reached its peak
-    # (measured 0 from the 5th step on; an occasional late heap growth seen at step 9-12, hence 20 steps)
-    assert sum(on["faults"][-4:]) < hidden_pages // 10
+    # (measured 0 from the 5th step on). A one-off late heap growth (~4k faults in one step, seen at steps 9-20 in
+    # CI) is not the per-step cost this is about, so the steady state is the median step of the last 8; without the
+    # tuning every step faults the 16k hidden pages in again and the median is far above the bound.
+    steady = sorted(on["faults"][-8:])[4]
+    assert steady < hidden_pages // 10, on["faults"]
 
 
 def test_opt_out_env_disables_tuning():
