@@ -34,6 +34,7 @@ def _entry(rank: int, world: int, port: int, fn_name: str, kwargs: dict[str, Any
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=dt.timedelta(seconds=120))
     try:
         globals()[fn_name](rank=rank, world=world, **kwargs)
+        dist.barrier()  # no rank tears gloo down while another still has a collective in flight
     finally:
         dist.destroy_process_group()
 
