@@ -125,8 +125,9 @@ class ADSRanker(Ranker):
     def encode_user(self, batch: RankingBatch) -> ADSState:
         return self.encode(self.embedder(batch))
 
-    def _score(self, state: ADSState, item: torch.Tensor, cat: torch.Tensor, cat_ids: torch.Tensor) -> torch.Tensor:
-        """item, cat: [B, C, d], cat_ids [B, C] -> logits [B, C]."""
+    def _score(self, state: ADSState, item: torch.Tensor, cat: torch.Tensor, cat_ids: torch.Tensor,
+               cross: torch.Tensor | None) -> torch.Tensor:
+        """item, cat: [B, C, d], cat_ids [B, C], cross [B, C, n] or None -> logits [B, C]."""
         B, C, _ = item.shape
         Q, s = self.cfg.n_queries, self.cfg.seq_dim
         q = PCRG.project(torch.cat([item, cat], -1), state.q_weight, state.q_bias).reshape(B, C * Q, s)
@@ -140,17 +141,18 @@ class ADSRanker(Ranker):
         att = masked_target_attention(q, state.seq, state.seq, state.mask, bias, return_mass=self.cfg.attention_mass)
         parts = [att[0].view(B, C, Q * s), att[1].view(B, C, Q)] if self.cfg.attention_mass else [att.view(B, C, Q * s)]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        cross = self.embedder.cross_features(state.seq_category, state.mask, cat_ids)
         return self.head(torch.cat([*parts, item, cat, ctx] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
     def score(self, state: ADSState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
-        return self._score(state, c["item_id"], c["item_category"], self.embedder.candidate_category_ids(candidates))
+        cat_ids = self.embedder.candidate_category_ids(candidates)
+        cross = self.embedder.cross_features(state.seq_category, state.mask, cat_ids)
+        return self._score(state, c["item_id"], c["item_category"], cat_ids, cross)
 
     def forward(self, batch: RankingBatch, return_aux: bool = False):
         e = self.embedder(batch)
         logits = self._score(self.encode(e), e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1),
-                             e.cand_category_ids.unsqueeze(1))[:, 0]
+                             e.cand_category_ids.unsqueeze(1), None if e.cross is None else e.cross.unsqueeze(1))[:, 0]
         return (logits, torch.zeros((), device=logits.device)) if return_aux else logits
 
 

@@ -159,8 +159,9 @@ class LMNRanker(Ranker):
         return self.encode(self.embedder(batch))
 
     # -- candidate side ------------------------------------------------------------------------------------
-    def _score(self, state: LMNState, item: torch.Tensor, cat: torch.Tensor, cat_ids: torch.Tensor) -> torch.Tensor:
-        """item, cat: [B, C, d], cat_ids [B, C] -> logits [B, C]."""
+    def _score(self, state: LMNState, item: torch.Tensor, cat: torch.Tensor, cat_ids: torch.Tensor,
+               cross: torch.Tensor | None) -> torch.Tensor:
+        """item, cat: [B, C, d], cat_ids [B, C], cross [B, C, n] or None -> logits [B, C]."""
         B, C, _ = item.shape
         H, a = self.cfg.att_heads, self.cfg.att_dim
         q = self.q(torch.cat([item, cat], -1)).view(B, C, H, a).transpose(1, 2)  # [B, H, C, a]
@@ -170,17 +171,20 @@ class LMNRanker(Ranker):
         if self.match is not None:  # [B, C, H, L] -> [B, H, C, L]
             m = self.match(CategoryMatchBias.match(state.seq_category.unsqueeze(-1), state.mask.unsqueeze(-1), cat_ids))
             bias = m.transpose(1, 2) if bias is None else bias + m.transpose(1, 2)
-        att = masked_target_attention(q, state.keys, state.values, state.mask.unsqueeze(1), bias, return_mass=True)
-        parts = [att[0].transpose(1, 2).reshape(B, C, H * a)]  # [B, H, C, a] -> [B, C, H*a]
-        if self.cfg.attention_mass:
-            parts.append(att[1].transpose(1, 2))  # [B, H, C] -> [B, C, H]
+        att = masked_target_attention(q, state.keys, state.values, state.mask.unsqueeze(1), bias,
+                                      return_mass=self.cfg.attention_mass)
+        if self.cfg.attention_mass:  # [B, H, C, a] -> [B, C, H*a]; mass [B, H, C] -> [B, C, H]
+            parts = [att[0].transpose(1, 2).reshape(B, C, H * a), att[1].transpose(1, 2)]
+        else:
+            parts = [att.transpose(1, 2).reshape(B, C, H * a)]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        cross = self.embedder.cross_features(state.seq_category, state.mask, cat_ids)
         return self.head(torch.cat([*parts, item, cat, ctx] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
     def score(self, state: LMNState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
-        return self._score(state, c["item_id"], c["item_category"], self.embedder.candidate_category_ids(candidates))
+        cat_ids = self.embedder.candidate_category_ids(candidates)
+        cross = self.embedder.cross_features(state.seq_category, state.mask, cat_ids)
+        return self._score(state, c["item_id"], c["item_category"], cat_ids, cross)
 
     def aux_loss(self, state: LMNState, batch: RankingBatch) -> torch.Tensor:
         # always through the decoder (also for 0 reads) so every rank's graph uses the same parameters (DDP)
@@ -192,7 +196,7 @@ class LMNRanker(Ranker):
         e = self.embedder(batch)
         state = self.encode(e)
         logits = self._score(state, e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1),
-                             e.cand_category_ids.unsqueeze(1))[:, 0]
+                             e.cand_category_ids.unsqueeze(1), None if e.cross is None else e.cross.unsqueeze(1))[:, 0]
         if return_aux:
             return logits, self.aux_loss(state, batch)
         return logits

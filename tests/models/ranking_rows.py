@@ -90,16 +90,28 @@ def train_losses(model: torch.nn.Module, rows: pa.Table, steps: int = 120, batch
     return losses
 
 
+def own_candidate_scorer(model: torch.nn.Module, e):
+    """A function EmbeddedBatch -> logits [B, 1] scoring e's own candidates through `_score`, with the cross features
+    recomputed from the (possibly edited) history ids it is given."""
+    cat_ids = e.cand_category_ids.unsqueeze(1)
+    cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1), cat_ids)
+
+    def score(x):
+        return model._score(model.encode(x), *cand, model.embedder.cross_features(x.seq_category_ids, x.mask, cat_ids))
+
+    return score
+
+
 def padding_is_inert(model: torch.nn.Module, rows: pa.Table) -> bool:
     """Scores are bit-identical when every padded history position holds noise (and absurd time gaps), while
     changing a real position does change them (so the check can fail).
 
-    For models exposing `embedder`, `encode(EmbeddedBatch)` and `_score(state, item, category, category_ids)`."""
+    For models exposing `embedder`, `encode(EmbeddedBatch)` and `_score(state, item, category, category_ids, cross)`."""
     model.eval()
     with torch.no_grad():
         e = model.embedder(build_batch(rows, SPEC))
-        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1), e.cand_category_ids.unsqueeze(1))
-        ref = model._score(model.encode(e), *cand)
+        score = own_candidate_scorer(model, e)
+        ref = score(e)
         pad = ~e.mask
         assert pad.any(), "rows must contain padding for this check to mean anything"
         g = torch.Generator().manual_seed(0)
@@ -108,9 +120,9 @@ def padding_is_inert(model: torch.nn.Module, rows: pa.Table) -> bool:
         e.time_gap = torch.where(pad, torch.full_like(e.time_gap, 1e9), e.time_gap)
         # padded category ids equal to each row's candidate category: a match there would move the scores
         e.seq_category_ids = torch.where(pad, e.cand_category_ids.unsqueeze(1), e.seq_category_ids)
-        out = model._score(model.encode(e), *cand)
+        out = score(e)
         e.seq["seq_item_id"] = torch.where(e.mask.unsqueeze(-1), e.seq["seq_item_id"] + 1, e.seq["seq_item_id"])
-        changed = model._score(model.encode(e), *cand)
+        changed = score(e)
     return torch.equal(ref, out) and not torch.equal(ref, changed)
 
 
@@ -123,10 +135,10 @@ def side_info_effect(model: torch.nn.Module, rows: pa.Table) -> tuple[float, flo
     model.eval()
     with torch.no_grad():
         e = model.embedder(build_batch(rows, SPEC))
-        cand = (e.cand["item_id"].unsqueeze(1), e.cand["item_category"].unsqueeze(1), e.cand_category_ids.unsqueeze(1))
-        ref = model._score(model.encode(e), *cand)
+        score = own_candidate_scorer(model, e)
+        ref = score(e)
         gaps = dataclasses.replace(e, time_gap=torch.where(e.mask, e.time_gap * 37 + 5, e.time_gap))
-        d_gap = (model._score(model.encode(gaps), *cand) - ref).abs().max().item()
+        d_gap = (score(gaps) - ref).abs().max().item()
         j = torch.arange(e.mask.shape[1]).unsqueeze(0)
         idx = torch.where(e.mask, e.lengths.unsqueeze(1) - 1 - j, j)  # real part reversed, padding in place
         rev = dataclasses.replace(
@@ -134,7 +146,7 @@ def side_info_effect(model: torch.nn.Module, rows: pa.Table) -> tuple[float, flo
             seq={k: v.gather(1, idx.unsqueeze(-1).expand_as(v)) for k, v in e.seq.items()},
             time_gap=e.time_gap.gather(1, idx),
         )
-        d_pos = (model._score(model.encode(rev), *cand) - ref).abs().max().item()
+        d_pos = (score(rev) - ref).abs().max().item()
     return d_gap, d_pos
 
 
