@@ -5,6 +5,10 @@ For a candidate v = [item, category] and each history item h_j = [item_j, catego
                                                          element-wise product, as in most public implementations)
   interest = sum_j w_j * h_j over real positions          (no softmax: DIN keeps the intensity of interest)
   logit = MLP([interest, mean-pooled history, user, domain, v, (cross features: embedding.category_share)])
+[ours] `history_action` (on in configs/, off by default so older exports load unchanged): our histories hold every
+event, impressions included (the paper's hold only clicked goods), so what the user did matters as much as what was
+shown. With it the activation unit also reads the action embedding a_j, and the pooled interest and the mean-pooled
+history carry it: w_j = ActivationUnit([h_j, v, h_j - v, h_j * v, a_j]), interest = sum_j w_j [h_j, a_j].
 [ours] `weight_norm`: "none" (the paper), "softmax", or "mean" (divide the weighted sum by the history length).
 Default "mean": the paper's histories are short; with L up to 2000 the unnormalised sum scales with L, so its
 magnitude would track history length rather than interest intensity. "none" remains available.
@@ -32,14 +36,16 @@ class DINConfig(StrictModel):
     attention_hidden: list[int] = Field(default_factory=lambda: [64, 32], description="local activation unit MLP")
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     weight_norm: Literal["none", "softmax", "mean"] = "mean"
+    history_action: bool = Field(False, description="the activation unit and the pooled interest also read each event's action")
     score_chunk: int = Field(128, gt=0, description="candidates per activation-unit pass in score()")
 
 
 @dataclass
 class DINState:
     hist: torch.Tensor  # [B, L, 2e] history [item, category]
+    action: torch.Tensor | None  # [B, L, e] action embeddings (history_action) or None
     valid: torch.Tensor  # [B, L]
-    profile: torch.Tensor  # [B, 4e] mean-pooled history, user, domain
+    profile: torch.Tensor  # [B, 4e (+e)] mean-pooled history (and action), user, domain
     seq_category: torch.Tensor  # [B, L] category ids (cross features)
 
 
@@ -49,28 +55,34 @@ class DINRanker(Ranker):
         self.cfg = cfg
         e = cfg.embedding.dim
         self.embedder = SparseEmbedder(spec, cfg.embedding)
-        self.unit = MLP(8 * e, cfg.attention_hidden, 1)
-        self.mlp = MLP(8 * e + self.embedder.n_cross, cfg.hidden)
+        a = e if cfg.history_action else 0
+        self.unit = MLP(8 * e + a, cfg.attention_hidden, 1)
+        self.mlp = MLP(8 * e + 2 * a + self.embedder.n_cross, cfg.hidden)
 
     def _state(self, e) -> DINState:
         hist = torch.cat([e.seq["seq_item_id"], e.seq["seq_category"]], -1)
+        action = e.seq["seq_action"] if self.cfg.history_action else None
+        full = hist if action is None else torch.cat([hist, action], -1)
         m = e.mask.unsqueeze(-1).to(hist.dtype)
-        pooled = (hist * m).sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(hist.dtype)
-        return DINState(hist, e.mask, torch.cat([pooled, e.user, e.domain], -1), e.seq_category_ids)
+        pooled = (full * m).sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(hist.dtype)
+        return DINState(hist, action, e.mask, torch.cat([pooled, e.user, e.domain], -1), e.seq_category_ids)
 
     def _logits(self, s: DINState, v: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
         """v [B, C, 2e], cross [B, C, n] or None -> logits [B, C]."""
         h = s.hist.unsqueeze(1)  # [B, 1, L, 2e]
         vv = v.unsqueeze(2).expand(-1, -1, h.shape[2], -1)  # [B, C, L, 2e]
         hh = h.expand_as(vv)
-        w = self.unit(torch.cat([hh, vv, hh - vv, hh * vv], -1)).squeeze(-1)  # [B, C, L]
+        parts = [hh, vv, hh - vv, hh * vv]
+        if s.action is not None:
+            parts.append(s.action.unsqueeze(1).expand(-1, v.shape[1], -1, -1))
+        w = self.unit(torch.cat(parts, -1)).squeeze(-1)  # [B, C, L]
         valid = s.valid.unsqueeze(1)
         if self.cfg.weight_norm == "softmax":
             w = torch.softmax(w.masked_fill(~valid, torch.finfo(w.dtype).min), -1)
         w = w * valid.to(w.dtype)
         if self.cfg.weight_norm == "mean":
             w = w / valid.sum(-1, keepdim=True).clamp(min=1).to(w.dtype)
-        interest = torch.matmul(w, s.hist)  # [B, C, 2e]
+        interest = torch.matmul(w, s.hist if s.action is None else torch.cat([s.hist, s.action], -1))  # [B, C, 2e (+e)]
         prof = s.profile.unsqueeze(1).expand(-1, v.shape[1], -1)
         return self.mlp(torch.cat([interest, prof, v] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 

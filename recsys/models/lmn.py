@@ -36,8 +36,13 @@ loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the s
   embedding concatenated, learnable absolute position embedding added, MLP back to width 2d), positions counted from
   the newest event (0 = newest), so the candidate's target attention can weight recent behaviour. The token keeps its
   width and the read-out part, and the memory query stays MLP([item_i, category_i, user_u]) (user-aware, no recency);
-  the action is not added to the token, so what the user did still comes through the memory. Candidate-independent,
-  so `encode_user` caches it inside the attention keys/values. Time-gap buckets/width: the layer's defaults (32 / 8).
+  Candidate-independent, so `encode_user` caches it inside the attention keys/values. Time-gap buckets/width: the
+  layer's defaults (32 / 8).
+- `history_action` (on in configs/, off by default so older exports load unchanged): the attention token also
+  carries the event's action embedding, token_i = [side([item_i, category_i, action_i]), readout_i]. Our histories
+  hold every event, impressions included, so without it the attention cannot tell a shown item from a clicked one
+  and only the memory (whose query deliberately has no action) could carry what the user did — measured: LMN tied
+  the pooling baseline (benchmarks/bench_quality.py). The memory query and loss target are unchanged.
 - Target attention is scaled dot-product (not DIN's MLP scorer) so scoring C candidates against L items stays
   a pair of batched matmuls.
 - `recency_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
@@ -87,6 +92,7 @@ class LMNConfig(StrictModel):
     recency_bias: bool = Field(False, description="learnable attention bias per head and log2 distance-from-newest bucket")
     attention_mass: bool = Field(False, description="feed each head's attention mass log(1 + sum exp score) to the head MLP")
     match_bias: bool = Field(False, description="learnable attention bias per head for history items in the candidate's category")
+    history_action: bool = Field(False, description="the attention tokens also carry each event's action embedding")
 
 
 @dataclass
@@ -115,11 +121,12 @@ class LMNRanker(Ranker):
         self.memory = ProductKeyMemory(m)
         self.decoder = nn.Linear(m.value_dim, 3 * d)
         H, a = cfg.att_heads, cfg.att_dim
-        # [item, category] (or its side-info version, same width) for the attention tokens
-        self.side_info = SequenceSideInfo(2 * d, 2 * d, spec.max_len) if cfg.side_info else None
-        # keys/values of token [item, category, readout]: one Linear split in two, so the readout part is computed
-        # only at the read positions (the readout is 0 elsewhere)
-        self.kv = nn.Linear(2 * d, 2 * H * a)
+        # [item, category, (action)] (or its side-info version of width 2d) for the attention tokens
+        tok_dim = (3 if cfg.history_action else 2) * d
+        self.side_info = SequenceSideInfo(tok_dim, 2 * d, spec.max_len) if cfg.side_info else None
+        # keys/values of token [item, category, (action), readout]: one Linear split in two, so the readout part is
+        # computed only at the read positions (the readout is 0 elsewhere)
+        self.kv = nn.Linear(2 * d if cfg.side_info else tok_dim, 2 * H * a)
         self.kv_mem = nn.Linear(m.value_dim, 2 * H * a, bias=False)
         self.q = nn.Linear(2 * d, H * a)
         self.head = MLP(H * (a + int(cfg.attention_mass)) + 4 * d + self.embedder.n_cross, cfg.hidden)
@@ -148,7 +155,7 @@ class LMNRanker(Ranker):
         readout, slots = read.out, read.slots
         target = torch.cat([item_rows + cat_rows, e.seq["seq_action"][b, l], user_rows], -1).detach()
         H, a = self.cfg.att_heads, self.cfg.att_dim
-        tok = torch.cat([item, cat], -1)
+        tok = torch.cat([item, cat] + ([e.seq["seq_action"]] if self.cfg.history_action else []), -1)
         if self.side_info is not None:
             tok = self.side_info(tok, e.time_gap, positions_from_newest(e.lengths, L), e.mask)
         kv = self.kv(tok).index_put((b, l), self.kv_mem(readout), accumulate=True)

@@ -5,8 +5,8 @@ covered automatically):
   batch's own candidate (C=1) and for C>1 candidates per user (against forward on the batch replicated per
   candidate, `RankingBatch.expand`), with the hashed n-gram input on and off;
 - the candidate actually changes the scores (so the comparison above can fail);
-- with the options on (cross features for every model, recency / category-match biases and attention mass where a
-  model has them) and off; the biases (zero at init) get random values first, so one applied on one path only fails;
+- with the options on (cross features for every model, recency / category-match biases, attention mass and the
+  history's action where a model has them) and off; the biases (zero at init) get random values first, so one applied on one path only fails;
 - a few optimizer steps reduce the loss on a tiny learnable problem.
 
 Model sizes: `TINY[name]` overrides the config defaults (embedding dim 8 unless given). A model without an entry
@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,16 +28,17 @@ from tests.models.ranking_rows import SPEC, random_rows, randomize_attention_bia
 
 TOL = 1e-5
 ON = {"recency_bias": True, "attention_mass": True, "match_bias": True}  # off by default, on in configs/
+OPTIONS = {*ON, "history_action"}  # dropped by build(options=False)
 TINY: dict[str, dict] = {
     "pooling": {"hidden": [16]},
-    "din": {"attention_hidden": [16], "hidden": [16]},
+    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True},
     "transformer": {"d_model": 16, "heads": 2, "item_dim": 8, "layers": 2, "head_hidden": [16]},
     # merge_k=4 over histories of up to 24 items -> up to 6 merged tokens, recent_k=3 of them as queries
     "longer": {"d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3, "self_layers": 2, "head_hidden": [16],
                **ON},
     "lmn": {
         "memory": {"n_keys": 16, "key_dim": 16, "value_dim": 8, "top_k": 4, "topk_per_axis": 4, "table_name": "t_lmn_memory"},
-        "query_hidden": [16], "att_dim": 8, "hidden": [32], **ON,
+        "query_hidden": [16], "att_dim": 8, "hidden": [32], **ON, "history_action": True,
     },
     "ads": {"seq_dim": 8, "generator_hidden": 16, "hidden": [32], **ON},
 }
@@ -47,7 +49,7 @@ def build(name: str, ngram: bool = False, options: bool = True) -> torch.nn.Modu
     """The TINY model; `options=True` adds the cross features (LONGER: as a global token), `False` drops them and
     the attention options (the architecture their defaults give)."""
     cfg_cls, model_cls = MODELS[name]
-    data = {k: v for k, v in copy.deepcopy(TINY.get(name, {})).items() if options or k not in ON}
+    data = {k: v for k, v in copy.deepcopy(TINY.get(name, {})).items() if options or k not in OPTIONS}
     emb = data.setdefault("embedding", {})
     emb.setdefault("dim", 8)
     emb["ngram"] = {"enabled": ngram, "orders": [2, 3], "table_size": 97}
@@ -100,6 +102,24 @@ def test_two_stage_equals_forward_many_candidates(name, options, ngram):
     assert diff <= TOL, f"{name}: two-stage differs from forward by {diff} (C={C})"
     # the candidate must matter, otherwise the comparison proves nothing
     assert two.std(dim=1).min().item() > 1e-4, f"{name}: scores do not depend on the candidate"
+
+
+@pytest.mark.parametrize("name,options", NAME_OPTIONS, ids=[f"{n}-{'opt' if o else 'noopt'}" for n, o in NAME_OPTIONS])
+def test_history_actions_reach_the_scores(name, options):
+    """Our histories hold impressions and clicks alike, so every model (with its options: DIN and LMN only through
+    `history_action`) must read the action; with the options off DIN and LMN must not (the switch is real)."""
+    model = build(name, options=options).eval()
+    rows = random_rows(10, seed=7, min_len=4)
+    flipped = rows.set_column(
+        rows.schema.get_field_index("seq_action"), "seq_action",
+        pa.array([[1 + (a % 4) for a in r] for r in rows.column("seq_action").to_pylist()], pa.list_(pa.int8())),
+    )
+    with torch.no_grad():
+        d = (model(build_batch(rows, SPEC)) - model(build_batch(flipped, SPEC))).abs().max().item()
+    if options or "history_action" not in MODELS[name][0].model_fields:
+        assert d > 1e-4, f"{name}: scores ignore the history's actions"
+    else:
+        assert d == 0.0, f"{name}: history_action off but the actions moved the scores by {d}"
 
 
 def test_expand_replicates_users_with_each_candidate():
