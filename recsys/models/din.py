@@ -9,6 +9,11 @@ For a candidate v = [item, category] and each history item h_j = [item_j, catego
 event, impressions included (the paper's hold only clicked goods), so what the user did matters as much as what was
 shown. With it the activation unit also reads the action embedding a_j, and the pooled interest and the mean-pooled
 history carry it: w_j = ActivationUnit([h_j, v, h_j - v, h_j * v, a_j]), interest = sum_j w_j [h_j, a_j].
+[ours] `attention_len` (None = the whole history; configs/din.yaml: 64): the activation unit reads only the newest W
+events (the mean-pooled profile and the cross features still cover the whole history). The paper's behaviour
+sequences are short; over L = 2000 events the weighted mean blurs the recent interest the simulator's CTR follows
+(bench_quality: DIN over the newest 16 events alone beat DIN over 2000 by +0.0066 truth AUC) and the unit's cost
+grows with L x candidates.
 [ours] `weight_norm`: "none" (the paper), "softmax", or "mean" (divide the weighted sum by the history length).
 Default "mean": the paper's histories are short; with L up to 2000 the unnormalised sum scales with L, so its
 magnitude would track history length rather than interest intensity. "none" remains available.
@@ -37,16 +42,18 @@ class DINConfig(StrictModel):
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     weight_norm: Literal["none", "softmax", "mean"] = "mean"
     history_action: bool = Field(False, description="the activation unit and the pooled interest also read each event's action")
+    attention_len: int | None = Field(None, gt=0, description="newest events the activation unit reads (None = all)")
     score_chunk: int = Field(128, gt=0, description="candidates per activation-unit pass in score()")
 
 
 @dataclass
 class DINState:
-    hist: torch.Tensor  # [B, L, 2e] history [item, category]
-    action: torch.Tensor | None  # [B, L, e] action embeddings (history_action) or None
-    valid: torch.Tensor  # [B, L]
-    profile: torch.Tensor  # [B, 4e (+e)] mean-pooled history (and action), user, domain
-    seq_category: torch.Tensor  # [B, L] category ids (cross features)
+    hist: torch.Tensor  # [B, W, 2e] attended history [item, category] (W = attention window, or L)
+    action: torch.Tensor | None  # [B, W, e] its action embeddings (history_action) or None
+    valid: torch.Tensor  # [B, W] real positions of the attended history
+    profile: torch.Tensor  # [B, 4e (+e)] mean-pooled whole history (and action), user, domain
+    seq_category: torch.Tensor  # [B, L] category ids of the whole history (cross features)
+    mask: torch.Tensor  # [B, L] real positions of the whole history
 
 
 class DINRanker(Ranker):
@@ -65,7 +72,17 @@ class DINRanker(Ranker):
         full = hist if action is None else torch.cat([hist, action], -1)
         m = e.mask.unsqueeze(-1).to(hist.dtype)
         pooled = (full * m).sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(hist.dtype)
-        return DINState(hist, action, e.mask, torch.cat([pooled, e.user, e.domain], -1), e.seq_category_ids)
+        profile = torch.cat([pooled, e.user, e.domain], -1)
+        valid = e.mask
+        if self.cfg.attention_len is not None:  # gather the newest W events of the left-aligned history
+            W = self.cfg.attention_len
+            idx = e.lengths.unsqueeze(1) - W + torch.arange(W, device=e.mask.device).unsqueeze(0)  # [B, W]
+            valid = idx >= 0
+            idx = idx.clamp(min=0)
+            hist = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
+            if action is not None:
+                action = action.gather(1, idx.unsqueeze(-1).expand(-1, -1, action.shape[-1]))
+        return DINState(hist, action, valid, profile, e.seq_category_ids, e.mask)
 
     def _logits(self, s: DINState, v: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
         """v [B, C, 2e], cross [B, C, n] or None -> logits [B, C]."""
@@ -100,7 +117,7 @@ class DINRanker(Ranker):
     def score(self, state: DINState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)
         v = torch.cat([c["item_id"], c["item_category"]], -1)
-        cross = self.embedder.cross_features(state.seq_category, state.valid, self.embedder.candidate_category_ids(candidates))
+        cross = self.embedder.cross_features(state.seq_category, state.mask, self.embedder.candidate_category_ids(candidates))
         k = self.cfg.score_chunk
         return torch.cat(
             [self._logits(state, v[:, i : i + k], None if cross is None else cross[:, i : i + k]) for i in range(0, v.shape[1], k)], 1

@@ -28,10 +28,10 @@ from tests.models.ranking_rows import SPEC, random_rows, randomize_attention_bia
 
 TOL = 1e-5
 ON = {"recency_bias": True, "attention_mass": True, "match_bias": True}  # off by default, on in configs/
-OPTIONS = {*ON, "history_action"}  # dropped by build(options=False)
+OPTIONS = {*ON, "history_action", "attention_len"}  # dropped by build(options=False)
 TINY: dict[str, dict] = {
     "pooling": {"hidden": [16]},
-    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True},
+    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True, "attention_len": 8},
     "transformer": {"d_model": 16, "heads": 2, "item_dim": 8, "layers": 2, "head_hidden": [16]},
     # merge_k=4 over histories of up to 24 items -> up to 6 merged tokens, recent_k=3 of them as queries
     "longer": {"d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3, "self_layers": 2, "head_hidden": [16],
