@@ -58,6 +58,12 @@ class EmbeddedBatch:
     cand_category_ids: torch.Tensor  # [B] long
     cross: torch.Tensor | None  # [B, n] category-share cross features of the batch's candidate (None when off)
 
+    def pooled_history(self) -> torch.Tensor:
+        """[B, d] mean over real events of the summed sequence embeddings (item + category + action + domain): the
+        pooling baseline's history vector (0 for an empty history)."""
+        tok = sum(self.seq.values()) * self.mask.unsqueeze(-1)
+        return tok.sum(1) / self.lengths.clamp(min=1).unsqueeze(-1).to(tok.dtype)
+
 
 def _table_name(vocab: str) -> str:
     return f"t_{vocab}"

@@ -8,7 +8,7 @@ Per history item i of user u (only real positions; padding never reaches the mem
   token_i   = [side_i, readout_i]                                      (readout = 0 outside the memory window)
             (`side_info: false`: token_i = [item_i, category_i, readout_i], the paper's token)
 Candidate c: target attention (att_heads heads of width att_dim) of [item_c, category_c] over token_1..L (padded
-positions masked), then MLP([attention output, (attention mass), item_c, category_c, user, domain, (cross features)])
+positions masked), then MLP([attention output, (attention mass), item_c, category_c, user, domain, (profile), (cross features)])
 -> logit.
 Everything except the last step is candidate-independent, so `encode_user` caches the attention keys/values and
 `score` runs only the candidates' queries and the head.
@@ -38,6 +38,9 @@ loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the s
   width and the read-out part, and the memory query stays MLP([item_i, category_i, user_u]) (user-aware, no recency);
   Candidate-independent, so `encode_user` caches it inside the attention keys/values. Time-gap buckets/width: the
   layer's defaults (32 / 8).
+- `profile` ("none" default, older exports; "sum" in configs/): the head also gets the pooling baseline's
+  whole-history vector (`EmbeddedBatch.pooled_history`: mean of the summed item + category + action + domain
+  embeddings), the long-term taste beside the recency-weighted attention, as DIN's `profile`.
 - `history_action` (on in configs/, off by default so older exports load unchanged): the attention token also
   carries the event's action embedding, token_i = [side([item_i, category_i, action_i]), readout_i]. Our histories
   hold every event, impressions included, so without it the attention cannot tell a shown item from a clicked one
@@ -93,6 +96,7 @@ class LMNConfig(StrictModel):
     attention_mass: bool = Field(False, description="feed each head's attention mass log(1 + sum exp score) to the head MLP")
     match_bias: bool = Field(False, description="learnable attention bias per head for history items in the candidate's category")
     history_action: bool = Field(False, description="the attention tokens also carry each event's action embedding")
+    profile: Literal["none", "sum"] = Field("none", description="whole-history summary in the head (sum: the pooling baseline's vector)")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class LMNState:
     slots: torch.Tensor  # [N, heads, top_k] slot ids they read (to inspect memory usage)
     target: torch.Tensor  # [N, 3d] memory-loss target (detached)
     seq_category: torch.Tensor  # [B, L] category ids (for the category-match bias)
+    profile: torch.Tensor | None  # [B, d] whole-history vector (`profile: sum`) or None
 
 
 class LMNRanker(Ranker):
@@ -129,7 +134,8 @@ class LMNRanker(Ranker):
         self.kv = nn.Linear(2 * d if cfg.side_info else tok_dim, 2 * H * a)
         self.kv_mem = nn.Linear(m.value_dim, 2 * H * a, bias=False)
         self.q = nn.Linear(2 * d, H * a)
-        self.head = MLP(H * (a + int(cfg.attention_mass)) + 4 * d + self.embedder.n_cross, cfg.hidden)
+        p = d if cfg.profile == "sum" else 0
+        self.head = MLP(H * (a + int(cfg.attention_mass)) + 4 * d + p + self.embedder.n_cross, cfg.hidden)
         self.recency = RecencyBias(H) if cfg.recency_bias else None
         self.match = CategoryMatchBias(H) if cfg.match_bias else None
 
@@ -160,7 +166,8 @@ class LMNRanker(Ranker):
             tok = self.side_info(tok, e.time_gap, positions_from_newest(e.lengths, L), e.mask)
         kv = self.kv(tok).index_put((b, l), self.kv_mem(readout), accumulate=True)
         keys, values = (t.transpose(1, 2) for t in kv.view(B, L, 2, H, a).unbind(2))  # [B, H, L, a] each
-        return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target, e.seq_category_ids)
+        profile = e.pooled_history() if self.cfg.profile == "sum" else None
+        return LMNState(keys, values, e.mask, e.user, e.domain, readout, slots, target, e.seq_category_ids, profile)
 
     def encode_user(self, batch: RankingBatch) -> LMNState:
         return self.encode(self.embedder(batch))
@@ -184,7 +191,8 @@ class LMNRanker(Ranker):
             parts = [att[0].transpose(1, 2).reshape(B, C, H * a), att[1].transpose(1, 2)]
         else:
             parts = [att.transpose(1, 2).reshape(B, C, H * a)]
-        ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
+        ctx = [state.user, state.domain] + ([state.profile] if state.profile is not None else [])
+        ctx = torch.cat(ctx, -1).unsqueeze(1).expand(-1, C, -1)
         return self.head(torch.cat([*parts, item, cat, ctx] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
     def score(self, state: LMNState, candidates: Candidates) -> torch.Tensor:

@@ -39,9 +39,7 @@ class PoolingRanker(Ranker):
         self.mlp = MLP(5 * d + self.embedder.n_cross, cfg.hidden)
 
     def _user_vec(self, e) -> torch.Tensor:
-        tok = sum(e.seq.values()) * e.mask.unsqueeze(-1)
-        pooled = tok.sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(tok.dtype)
-        return torch.cat([pooled, e.user, e.domain], -1)
+        return torch.cat([e.pooled_history(), e.user, e.domain], -1)
 
     def encode_user(self, batch: RankingBatch) -> PoolingState:
         e = self.embedder(batch)
