@@ -1,6 +1,7 @@
 """DIN's attention window: the activation unit reads only the newest `attention_len` events."""
 from __future__ import annotations
 
+import pyarrow as pa
 import torch
 
 from recsys.data.batch import build_batch
@@ -40,3 +41,22 @@ def test_window_hides_older_events_from_the_attention_only():
         assert torch.equal(s.hist[..., :8], newest)
         # the profile still pools the whole history
         assert torch.equal(s.profile, whole._state(e).profile)
+
+
+def test_paper_head_sees_only_the_window():
+    """profile "none" (the paper's head), no cross features: events older than the newest W cannot move a score,
+    a change inside the window does."""
+    cfg = {"embedding": {"dim": 8}, "attention_hidden": [16], "hidden": [16], "history_action": True,
+           "attention_len": 4, "profile": "none"}
+    torch.manual_seed(0)
+    model = DINRanker(DINConfig.model_validate(cfg), SPEC).eval()
+    rows = random_rows(16, seed=5, min_len=8, max_len=24)
+    old = [[i + 1 if j < len(r) - 4 else i for j, i in enumerate(r)] for r in rows.column("seq_item_id").to_pylist()]
+    new = [[i + 1 if j >= len(r) - 4 else i for j, i in enumerate(r)] for r in rows.column("seq_item_id").to_pylist()]
+    col = rows.schema.get_field_index("seq_item_id")
+    with torch.no_grad():
+        ref = model(build_batch(rows, SPEC))
+        older = model(build_batch(rows.set_column(col, "seq_item_id", pa.array(old, pa.list_(pa.int64()))), SPEC))
+        newer = model(build_batch(rows.set_column(col, "seq_item_id", pa.array(new, pa.list_(pa.int64()))), SPEC))
+    assert torch.equal(ref, older)
+    assert (ref - newer).abs().max().item() > 1e-4
