@@ -31,7 +31,7 @@ ON = {"recency_bias": True, "attention_mass": True, "match_bias": True}  # off b
 OPTIONS = {*ON, "history_action", "attention_len", "profile"}  # dropped by build(options=False)
 TINY: dict[str, dict] = {
     "pooling": {"hidden": [16]},
-    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True, "attention_len": 8, "profile": "sum"},
+    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True, "attention_len": 8, "profile": "sum", "recency_bias": True},
     "transformer": {"d_model": 16, "heads": 2, "item_dim": 8, "layers": 2, "head_hidden": [16]},
     # merge_k=4 over histories of up to 24 items -> up to 6 merged tokens, recent_k=3 of them as queries
     "longer": {"d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3, "self_layers": 2, "head_hidden": [16],
