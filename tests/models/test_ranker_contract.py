@@ -45,11 +45,12 @@ TINY: dict[str, dict] = {
 NAMES = sorted(MODELS)
 
 
-def build(name: str, ngram: bool = False, options: bool = True) -> torch.nn.Module:
+def build(name: str, ngram: bool = False, options: bool = True, **overrides) -> torch.nn.Module:
     """The TINY model; `options=True` adds the cross features (LONGER: as a global token), `False` drops them and
-    the attention options (the architecture their defaults give)."""
+    the attention options (the architecture their defaults give); `overrides` replace config fields."""
     cfg_cls, model_cls = MODELS[name]
     data = {k: v for k, v in copy.deepcopy(TINY.get(name, {})).items() if options or k not in OPTIONS}
+    data.update(overrides)
     emb = data.setdefault("embedding", {})
     emb.setdefault("dim", 8)
     emb["ngram"] = {"enabled": ngram, "orders": [2, 3], "table_size": 97}
