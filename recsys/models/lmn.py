@@ -44,8 +44,9 @@ loss (`forward(batch, return_aux=True)`). Gradients reach the value table, the s
 - `history_action` (on in configs/, off by default so older exports load unchanged): the attention token also
   carries the event's action embedding, token_i = [side([item_i, category_i, action_i]), readout_i]. Our histories
   hold every event, impressions included, so without it the attention cannot tell a shown item from a clicked one
-  and only the memory (whose query deliberately has no action) could carry what the user did — measured: LMN tied
-  the pooling baseline (benchmarks/bench_quality.py). The memory query and loss target are unchanged.
+  and only the memory (whose query deliberately has no action) could carry what the user did. The memory query and
+  loss target are unchanged. Measured (bench_quality, L=2000, cross features on): truth AUC vs pooling +0.0001
+  without it, +0.0001 with it, +0.0002 [+0.0001, +0.0003] with `profile: sum` as well.
 - Target attention is scaled dot-product (not DIN's MLP scorer) so scoring C candidates against L items stays
   a pair of batched matmuls.
 - `recency_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged):
