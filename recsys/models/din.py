@@ -14,7 +14,8 @@ sequence only enters through the attention). "concat" (default, older exports): 
 concatenated; "sum": the pooling baseline's vector (mean of the summed item + category + action + domain
 embeddings, `EmbeddedBatch.pooled_history`), so DIN is exactly the baseline plus the target-attention interest;
 "none": the paper's head. configs/din.yaml: "sum" (bench_quality at L=64, truth AUC: sum 0.7692, concat 0.7680,
-none 0.7689, pooling 0.7690; the concatenated profile alone, interest zeroed: 0.7673).
+pooling 0.7690; with a temporary patch zeroing one part of the concat head: profile zeroed 0.7689, interest zeroed
+0.7673, results/bench_quality_diag_din64_{np,ni}.json).
 [ours] `attention_len` (None = the whole history; configs/din.yaml: 64): the activation unit reads only the newest W
 events (the mean-pooled profile and the cross features still cover the whole history). The paper's behaviour
 sequences are short; over L = 2000 events the weighted mean blurs the recent interest the simulator's CTR follows
