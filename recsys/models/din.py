@@ -63,8 +63,7 @@ class DINConfig(StrictModel):
 
 @dataclass
 class DINState:
-    hist: torch.Tensor  # [B, W, 2e] attended history [item, category] (W = attention window, or L)
-    action: torch.Tensor | None  # [B, W, e] its action embeddings (history_action) or None
+    hist: torch.Tensor  # [B, W, 2e (+e)] attended history [item, category, (action)] (W = attention window, or L)
     valid: torch.Tensor  # [B, W] real positions of the attended history
     profile: torch.Tensor  # [B, p + 2e] whole-history profile (width p by `profile`), user, domain
     seq_category: torch.Tensor  # [B, L] category ids of the whole history (cross features)
@@ -86,37 +85,32 @@ class DINRanker(Ranker):
         self.mlp = MLP(6 * e + a + p + self.embedder.n_cross, cfg.hidden)
 
     def _state(self, e) -> DINState:
-        hist = torch.cat([e.seq["seq_item_id"], e.seq["seq_category"]], -1)
-        action = e.seq["seq_action"] if self.cfg.history_action else None
+        keys = ["seq_item_id", "seq_category"] + (["seq_action"] if self.cfg.history_action else [])
+        hist = torch.cat([e.seq[k] for k in keys], -1)
         parts = [e.user, e.domain]
         if self.cfg.profile == "concat":
-            full = hist if action is None else torch.cat([hist, action], -1)
             m = e.mask.unsqueeze(-1).to(hist.dtype)
-            parts.insert(0, (full * m).sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(hist.dtype))
+            parts.insert(0, (hist * m).sum(1) / e.lengths.clamp(min=1).unsqueeze(-1).to(hist.dtype))
         elif self.cfg.profile == "sum":
             parts.insert(0, e.pooled_history())
         profile = torch.cat(parts, -1)
-        valid = e.mask
-        distance = positions_from_newest(e.lengths, e.mask.shape[1])
-        if self.cfg.attention_len is not None:  # gather the newest W events of the left-aligned history
+        if self.cfg.attention_len is None:
+            valid, distance = e.mask, positions_from_newest(e.lengths, e.mask.shape[1])
+        else:  # gather the newest W events of the left-aligned history
             W = self.cfg.attention_len
-            idx = e.lengths.unsqueeze(1) - W + torch.arange(W, device=e.mask.device).unsqueeze(0)  # [B, W]
-            valid = idx >= 0
-            distance = (W - 1 - torch.arange(W, device=e.mask.device)).unsqueeze(0).expand_as(idx)
-            idx = idx.clamp(min=0)
-            hist = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
-            if action is not None:
-                action = action.gather(1, idx.unsqueeze(-1).expand(-1, -1, action.shape[-1]))
-        return DINState(hist, action, valid, profile, e.seq_category_ids, e.mask, distance)
+            j = torch.arange(W, device=e.mask.device).unsqueeze(0)
+            idx = e.lengths.unsqueeze(1) - W + j  # [B, W]
+            valid, distance = idx >= 0, (W - 1 - j).expand_as(idx)
+            hist = hist.gather(1, idx.clamp(min=0).unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
+        return DINState(hist, valid, profile, e.seq_category_ids, e.mask, distance)
 
     def _logits(self, s: DINState, v: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
         """v [B, C, 2e], cross [B, C, n] or None -> logits [B, C]."""
-        h = s.hist.unsqueeze(1)  # [B, 1, L, 2e]
-        vv = v.unsqueeze(2).expand(-1, -1, h.shape[2], -1)  # [B, C, L, 2e]
-        hh = h.expand_as(vv)
-        parts = [hh, vv, hh - vv, hh * vv]
-        if s.action is not None:
-            parts.append(s.action.unsqueeze(1).expand(-1, v.shape[1], -1, -1))
+        C, L, e2 = v.shape[1], s.hist.shape[1], v.shape[-1]
+        h = s.hist.unsqueeze(1).expand(-1, C, -1, -1)  # [B, C, L, 2e (+e)]
+        vv = v.unsqueeze(2).expand(-1, -1, L, -1)  # [B, C, L, 2e]
+        hh = h[..., :e2]
+        parts = [hh, vv, hh - vv, hh * vv] + ([h[..., e2:]] if self.cfg.history_action else [])
         w = self.unit(torch.cat(parts, -1)).squeeze(-1)  # [B, C, L]
         if self.recency is not None:
             w = w + self.recency(s.distance)[0].unsqueeze(1)
@@ -126,7 +120,7 @@ class DINRanker(Ranker):
         w = w * valid.to(w.dtype)
         if self.cfg.weight_norm == "mean":
             w = w / valid.sum(-1, keepdim=True).clamp(min=1).to(w.dtype)
-        interest = torch.matmul(w, s.hist if s.action is None else torch.cat([s.hist, s.action], -1))  # [B, C, 2e (+e)]
+        interest = torch.matmul(w, s.hist)  # [B, C, 2e (+e)]
         prof = s.profile.unsqueeze(1).expand(-1, v.shape[1], -1)
         return self.mlp(torch.cat([interest, prof, v] + ([cross] if cross is not None else []), -1)).squeeze(-1)
 
