@@ -122,60 +122,11 @@ def test_padding_inert_and_two_stage_without_side_info():
     assert_two_stage_matches(_model(side_info=False), random_rows(8, seed=7), C=4)
 
 
-def _dmp_worker(rank: int, port: int, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-    from torchrec.distributed import DistributedModelParallel
-    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
-
-    class RowWiseOnCPU(EmbeddingBagCollectionSharder):  # STACK.md: row-wise EBC is refused on CPU but works on gloo
-        def sharding_types(self, compute_device_type):
-            return ["row_wise", "table_wise"]
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-    dist.init_process_group("gloo")
-    try:
-        torch.set_num_threads(1)
-        model = _model()
-        tables = [p for m in model.modules() if isinstance(m, (EmbeddingCollection, EmbeddingBagCollection)) for p in m.parameters()]
-        apply_optimizer_in_backward(RowWiseAdagrad, tables, {"lr": 0.1})
-        cons = {"t_lmn_memory": ParameterConstraints(sharding_types=["row_wise"])}
-        sharders = [RowWiseOnCPU()]
-        from torchrec.distributed.embedding import EmbeddingCollectionSharder
-
-        sharders.append(EmbeddingCollectionSharder())
-        plan = EmbeddingShardingPlanner(topology=Topology(world_size=2, compute_device="cpu"), constraints=cons).collective_plan(
-            model, sharders, dist.GroupMember.WORLD)
-        dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
-        # ranks see different history lengths -> different numbers of memory reads
-        rows = random_rows(16, seed=rank, max_len=24 if rank == 0 else 9)
-        losses = []
-        for _ in range(3):
-            batch = build_batch(rows, SPEC)
-            logits, aux = dmp(batch, return_aux=True)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels) + aux
-            loss.backward()
-            losses.append(float(loss))
-        if rank == 0:
-            with open(out, "w") as f:
-                f.write(repr(losses))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_row_wise_sharded_memory_trains_with_unequal_reads_per_rank(tmp_path):
-    import random
-
-    import torch.multiprocessing as mp
+    from tests.training.mp_helpers import spawn
 
     out = tmp_path / "losses.txt"
-    mp.spawn(_dmp_worker, args=(random.randint(20000, 40000), str(out)), nprocs=2)
+    spawn(2, "lmn_row_wise_memory_steps", out=str(out))
     losses = eval(out.read_text())
     assert len(losses) == 3 and all(np.isfinite(losses))
