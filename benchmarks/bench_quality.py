@@ -87,6 +87,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench_quality<tag>.json)")
     ap.add_argument("--no-reference", action="store_true", help="skip the feature logistic-regression reference row")
+    ap.add_argument("--train-seeds", default=None, metavar="S1,S2,...",
+                    help="train every model once per seed (same data; the first seed keeps the plain label, the others "
+                    "are NAME@seedS) and add a seed summary: mean and sd of truth AUC, and the per-seed paired "
+                    "difference to pooling trained with the same seed")
     args = ap.parse_args()
     epochs = args.epochs or (1 if args.quick else 2)
     max_len = args.max_len or (128 if args.quick else 2000)
@@ -124,9 +128,12 @@ def main() -> None:
     for s in args.set:
         name, _, kv = s.partition(":")
         extra.setdefault(name, []).append(kv)
+    names = args.models.split(",")
+    if args.train_seeds:
+        names, extra = seeded_runs(names, [int(x) for x in args.train_seeds.split(",")], extra)
     config = {"users": users, "items": items, "days": days, "max_len": max_len, "epochs": epochs, "steps": args.steps,
               "batch_size": args.batch_size, "validation_fraction": args.validation_fraction, "seed": args.seed,
-              "overrides": extra}
+              "train_seeds": args.train_seeds, "overrides": extra}
     machine = machine_info(["torch"])
     out = ROOT / "benchmarks" / "results" / f"bench_quality{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +142,7 @@ def main() -> None:
     preds: dict[str, "np.ndarray"] = {}
     frame = None
     refs: dict[str, "np.ndarray"] = {}
-    for name in args.models.split(","):
+    for name in names:
         run = work / "runs" / name
         shutil.rmtree(run, ignore_errors=True)  # every run starts fresh: same budget for every model
         sets = [
@@ -164,9 +171,10 @@ def main() -> None:
                       "per_domain_auc": {d: v["auc"] for d, v in final["per_domain"].items()},
                       "per_domain_gauc": {d: v["gauc"] for d, v in final["per_domain"].items()}}
         rows = compare(frame, preds, runs, args.bootstrap, args.seed, refs)
+        seeds = seed_summary(rows) if args.train_seeds else None
         out.write_text(json.dumps({"machine": machine, "config": config, "validation_rows": len(frame),
                                    "validation_clicks": int(frame["label"].sum()), "baseline": "pooling",
-                                   "results": rows}, indent=1))
+                                   "results": rows, **({"seed_summary": seeds} if seeds else {})}, indent=1))
     print(f"\nmachine: {format_machine(machine)}")
     print(f"data: {users} users, "
           f"{items} items, {days} days ({meta.get('counts', {}).get('impressions', '?')} impressions, "
@@ -184,7 +192,45 @@ def main() -> None:
               f"{r.get('logloss', float('nan')):>9.4f}"
               + "".join(f"{r.get('per_domain_auc', {}).get(d, float('nan')):>9.4f}" for d in domains)
               + f"{r.get('train_s', 0):>9.0f}")
+    if args.train_seeds:
+        print(f"\nover training seeds {args.train_seeds} (d = model - pooling trained with the same seed)")
+        print(f"{'model':<18}{'seeds':>6}{'truthAUC mean':>14}{'sd':>8}{'d mean':>9}{'d sd':>8}{'d min':>9}{'d max':>9}")
+        for m, r in seeds.items():
+            d = r.get("d_truth_auc", {})
+            print(f"{m:<18}{r['n']:>6}{r['truth_auc_mean']:>14.4f}{r['truth_auc_sd']:>8.4f}"
+                  + "".join(f"{d[k]:>{w}.4f}" if d else f"{'-':>{w}}" for k, w in (("mean", 9), ("sd", 8), ("min", 9), ("max", 9))))
     print(f"wrote {out}")
+
+
+def seeded_runs(models: list[str], seeds: list[int], extra: dict[str, list[str]]) -> tuple[list[str], dict[str, list[str]]]:
+    """Labels and overrides for one run per (model, seed): NAME for the first seed, NAME@seedS for the others; each
+    inherits NAME's --set overrides and ends with its own `seed=S`."""
+    names, out = [], dict(extra)
+    for m in models:
+        for i, s in enumerate(seeds):
+            label = m if i == 0 else f"{m}@seed{s}"
+            names.append(label)
+            out[label] = extra.get(m, []) + [f"seed={s}"]
+    return names, out
+
+
+def seed_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per model over its seeds: truth AUC mean/sd, and the paired difference to pooling of the same seed."""
+    by = {}
+    for r in rows:
+        if "steps" in r:  # trained runs only (not the oracle or the reference)
+            base, _, seed = r["model"].partition("@seed")
+            by.setdefault(base, {})[seed or "first"] = r["truth_auc"]
+    out = {}
+    for m, v in by.items():
+        a = np.array(list(v.values()))
+        out[m] = {"n": len(a), "truth_auc_mean": float(a.mean()), "truth_auc_sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+        paired = [v[s] - by["pooling"][s] for s in v if m != "pooling" and s in by.get("pooling", {})]
+        if paired:
+            d = np.array(paired)
+            out[m]["d_truth_auc"] = {"n": len(d), "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                                     "min": float(d.min()), "max": float(d.max())}
+    return out
 
 
 def compare(frame, preds: dict, runs: dict, replicates: int, seed: int, refs: dict | None = None) -> list[dict]:
