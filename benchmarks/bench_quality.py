@@ -13,7 +13,10 @@ What the table reports, from each run's predictions.parquet (one logit per valid
   as a positive with weight p_true and a negative with weight 1 - p_true). It removes the Bernoulli label noise, so
   it separates models that the ~1k validation clicks cannot; the oracle (true CTR as the score) is the ceiling;
 - a reference row: logistic regression on engineered features (recency-weighted category share + item clicks,
-  benchmarks/feature_reference.py), the yardstick for "has the model learned the planted structure".
+  benchmarks/feature_reference.py), the yardstick for "has the model learned the planted structure";
+- with --train-seeds, a seed summary: the bootstrap interval only covers which users are evaluated, not how training
+  went; retraining with another seed moves a model's truth AUC by ~0.0004 (sd) and its paired difference to pooling
+  by ~0.0002 at L=2000 (results/bench_quality_seeds12.json), so differences below ~0.0005 need several seeds.
 
 Usage: .venv/bin/python benchmarks/bench_quality.py [--quick] [--epochs E | --steps N] [--max-len L] [--models ...]
 Writes benchmarks/results/bench_quality<tag>.json (rewritten after every model, so a long run keeps what it has).
