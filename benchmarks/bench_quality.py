@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench_quality<tag>.json)")
     ap.add_argument("--no-reference", action="store_true", help="skip the feature logistic-regression reference row")
-    ap.add_argument("--train-seeds", default=None, metavar="S1,S2,...",
+    ap.add_argument("--train-seeds", type=seed_list, default=None, metavar="S1,S2,...",
                     help="train every model once per seed (same data; the first seed keeps the plain label, the others "
                     "are NAME@seedS) and add a seed summary: mean and sd of truth AUC, and the per-seed paired "
                     "difference to pooling trained with the same seed")
@@ -133,7 +133,7 @@ def main() -> None:
         extra.setdefault(name, []).append(kv)
     names = args.models.split(",")
     if args.train_seeds:
-        names, extra = seeded_runs(names, [int(x) for x in args.train_seeds.split(",")], extra)
+        names, extra = seeded_runs(names, args.train_seeds, extra)
     config = {"users": users, "items": items, "days": days, "max_len": max_len, "epochs": epochs, "steps": args.steps,
               "batch_size": args.batch_size, "validation_fraction": args.validation_fraction, "seed": args.seed,
               "train_seeds": args.train_seeds, "overrides": extra}
@@ -196,13 +196,24 @@ def main() -> None:
               + "".join(f"{r.get('per_domain_auc', {}).get(d, float('nan')):>9.4f}" for d in domains)
               + f"{r.get('train_s', 0):>9.0f}")
     if args.train_seeds:
-        print(f"\nover training seeds {args.train_seeds} (d = model - pooling trained with the same seed)")
+        print(f"\nover training seeds {','.join(map(str, args.train_seeds))} (d = model - pooling trained with the same seed)")
         print(f"{'model':<18}{'seeds':>6}{'truthAUC mean':>14}{'sd':>8}{'d mean':>9}{'d sd':>8}{'d min':>9}{'d max':>9}")
         for m, r in seeds.items():
             d = r.get("d_truth_auc", {})
             print(f"{m:<18}{r['n']:>6}{r['truth_auc_mean']:>14.4f}{r['truth_auc_sd']:>8.4f}"
                   + "".join(f"{d[k]:>{w}.4f}" if d else f"{'-':>{w}}" for k, w in (("mean", 9), ("sd", 8), ("min", 9), ("max", 9))))
     print(f"wrote {out}")
+
+
+def seed_list(text: str) -> list[int]:
+    """--train-seeds: distinct non-negative integers, comma-separated."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0, got {text!r}")
+    return seeds
 
 
 def seeded_runs(models: list[str], seeds: list[int], extra: dict[str, list[str]]) -> tuple[list[str], dict[str, list[str]]]:

@@ -1,13 +1,14 @@
 """bench_quality --train-seeds: run labels, inherited overrides and the per-seed paired summary."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_quality import seed_summary, seeded_runs  # noqa: E402
+from bench_quality import seed_list, seed_summary, seeded_runs  # noqa: E402
 
 
 def test_seeded_runs_label_and_inherit_overrides():
@@ -28,3 +29,10 @@ def test_seed_summary_pairs_each_seed_with_pooling_of_the_same_seed():
     d = s["din"]["d_truth_auc"]
     assert (d["mean"], d["min"], d["max"]) == pytest.approx((0.0, -0.01, 0.01))
     assert d["sd"] == pytest.approx(0.02 ** 0.5 / 10)  # sample sd (ddof=1) of [+0.01, -0.01]
+
+
+def test_seed_list_rejects_malformed_and_repeated_seeds():
+    assert seed_list("0,1,2") == [0, 1, 2]
+    for bad in ("1,x", "1,1", "-1", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_list(bad)
