@@ -132,32 +132,19 @@ def train_steps_only(rank: int, world: int, job: dict) -> None:
 
 
 def lmn_row_wise_memory_steps(rank: int, world: int, out: str) -> None:
-    """Three training steps of tests/models/test_lmn.py's LMN with its memory table row-wise sharded, ranks seeing
-    different history lengths (so different numbers of memory reads); rank 0 writes the losses to `out`."""
-    from torchrec.distributed import DistributedModelParallel
-    from torchrec.distributed.embedding import EmbeddingCollectionSharder
-    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
-
+    """Three training steps of tests/models/test_lmn.py's LMN with its memory table row-wise sharded (through the
+    trainer's own optimizer registration and DMP wrapping), ranks seeing different history lengths (so different
+    numbers of memory reads); rank 0 writes the losses to `out`."""
+    from recsys.training.config import OptimizerConfig, ShardingConfig
+    from recsys.training.optimizers import apply_embedding_optimizer
+    from recsys.training.sharding import shard
     from tests.models.ranking_rows import SPEC, random_rows
     from tests.models.test_lmn import _model
 
-    class RowWiseOnCPU(EmbeddingBagCollectionSharder):  # STACK.md: row-wise EBC is refused on CPU but works on gloo
-        def sharding_types(self, compute_device_type):
-            return ["row_wise", "table_wise"]
-
     model = _model()
-    tables = [p for m in model.modules() if isinstance(m, (EmbeddingCollection, EmbeddingBagCollection)) for p in m.parameters()]
-    apply_optimizer_in_backward(RowWiseAdagrad, tables, {"lr": 0.1})
-    cons = {"t_lmn_memory": ParameterConstraints(sharding_types=["row_wise"])}
-    sharders = [RowWiseOnCPU(), EmbeddingCollectionSharder()]
-    plan = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"), constraints=cons).collective_plan(
-        model, sharders, dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+    apply_embedding_optimizer(model, OptimizerConfig(embedding="rowwise_adagrad", embedding_lr=0.1))
+    dmp = shard(model, ShardingConfig(tables={"t_lmn_memory": ["row_wise"]}), torch.device("cpu"), batch_size=16)
+    assert plan_summary(dmp.plan)["t_lmn_memory"] == "row_wise"
     rows = random_rows(16, seed=rank, max_len=24 if rank == 0 else 9)
     losses = []
     for _ in range(3):
