@@ -87,6 +87,9 @@ def main() -> None:
                     "name NAME@VARIANT trains configs/NAME.yaml under its own label, e.g. --models longer,longer@k4 "
                     "--set longer@k4:model.merge_k=4")
     ap.add_argument("--work", default=None, help="work dir (default: a temp dir); data is reused when present")
+    ap.add_argument("--sim", action="append", default=[], metavar="key=value",
+                    help="simulator override (SimulatorConfig field), e.g. --sim personal_topics=4 for the "
+                         "returning-interests setting; the data is regenerated when these change")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench_quality<tag>.json)")
     ap.add_argument("--no-reference", action="store_true", help="skip the feature logistic-regression reference row")
@@ -114,7 +117,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_quality_"))
     data, feats = work / "data", work / "features"
     t0 = time.perf_counter()
-    sim = [f"users={users}", f"items={items}", f"days={days}", f"seed={args.seed}"]
+    sim = [f"users={users}", f"items={items}", f"days={days}", f"seed={args.seed}"] + args.sim
     if not (data / "meta.json").exists() or json.loads((data / "meta.json").read_text()).get("bench_args") != sim:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(feats, ignore_errors=True)
@@ -134,7 +137,7 @@ def main() -> None:
     names = args.models.split(",")
     if args.train_seeds:
         names, extra = seeded_runs(names, args.train_seeds, extra)
-    config = {"users": users, "items": items, "days": days, "max_len": max_len, "epochs": epochs, "steps": args.steps,
+    config = {"users": users, "items": items, "days": days, "simulator_overrides": args.sim, "max_len": max_len, "epochs": epochs, "steps": args.steps,
               "batch_size": args.batch_size, "validation_fraction": args.validation_fraction, "seed": args.seed,
               "train_seeds": args.train_seeds, "overrides": extra}
     machine = machine_info(["torch"])
@@ -180,7 +183,7 @@ def main() -> None:
                                    "results": rows, **({"seed_summary": seeds} if seeds else {})}, indent=1))
     print(f"\nmachine: {format_machine(machine)}")
     print(f"data: {users} users, "
-          f"{items} items, {days} days ({meta.get('counts', {}).get('impressions', '?')} impressions, "
+          f"{items} items, {days} days{''.join(' ' + o for o in args.sim)} ({meta.get('counts', {}).get('impressions', '?')} impressions, "
           f"{len(frame)} validation rows, {int(frame['label'].sum())} clicks), L={max_len}, {epochs} epochs x "
           f"batch {args.batch_size}, prep {prep_s:.0f}s")
     domains = sorted({d for r in rows for d in r.get("per_domain_auc", {})})

@@ -14,7 +14,12 @@ over all users; only the slot loop is Python):
   interest h_u = exponential moving average of the factors of the items the user engaged with (so recent clicks
   predict future clicks: this is what sequence models can learn and pooled histories blur), and topic switches
   (h_u jumps to a random category with probability `topic_switch_prob` per slot). The current interest is
-  s_u = normalise(long_weight * l_u + (1 - long_weight) * h_u). Activity (events/day) is lognormal; a
+  s_u = normalise(long_weight * l_u + (1 - long_weight) * h_u). Returning interests (off by default,
+  `personal_topics` > 0): each user holds that many fixed personal topics (a category centroid plus a user-specific
+  offset, drawn once, Dirichlet weights) and a topic switch returns to one of them with probability
+  `topic_return_prob` (else a random category as above). Users then come back to topics they left days ago, so
+  events far back in the history say which topics a switch will bring (long-range structure; MIND/ComiRec's
+  multi-interest users, the long-term interests LONGER and LMN read long histories for). Activity (events/day) is lognormal; a
   `heavy_user_fraction` of users (at least `min_heavy_users`) make ~`heavy_user_events` organic events over the
   period, so sequences of thousands of events occur. Each user has a Dirichlet preference over domains.
 - Domains: a per-domain diagonal transform W_k of the factor space and a per-domain CTR bias b_k, so the same user
@@ -100,6 +105,9 @@ class SimulatorConfig(StrictModel):
     long_weight: float = Field(0.3, ge=0, le=1, description="weight of long-term taste vs recent interest")
     interest_update_rate: float = Field(0.15, gt=0, le=1, description="EMA step per engaged item")
     topic_switch_prob: float = Field(0.05, ge=0, le=1, description="per-slot probability of a new short-term topic")
+    personal_topics: int = Field(0, ge=0, description="fixed topics a user returns to (0 = switches go to random categories)")
+    topic_return_prob: float = Field(0.8, ge=0, le=1, description="P(a topic switch returns to a personal topic)")
+    personal_topic_concentration: float = Field(1.0, gt=0, description="Dirichlet alpha of the personal topics' weights")
     # activity
     events_per_user_day: float = Field(18.0, gt=0, description="median organic browse events per user and day")
     activity_sigma: float = Field(1.0, ge=0, description="lognormal spread of user activity")
@@ -207,6 +215,23 @@ class _World:
         mean_act = self.activity.mean()
         self.req_rate = cfg.requests_per_user_day * (self.activity / mean_act) ** cfg.request_activity_power
         self.offset = 0.0
+        if cfg.personal_topics:  # drawn last: with personal_topics = 0 the stream (and the data) is unchanged
+            M = cfg.personal_topics
+            self.topic_cat = np.argsort(rng.random((U, C)), axis=1)[:, :M] if M <= C else rng.integers(0, C, (U, M))
+            self.topics = _normalise(self.centroids[self.topic_cat] + 0.3 * rng.standard_normal((U, M, d)) / math.sqrt(d))
+            self.topic_cum = np.cumsum(rng.dirichlet(np.full(M, cfg.personal_topic_concentration), U), axis=1)
+            self.topic_cum[:, -1] = 1.0
+            self.short = self.topics[np.arange(U), _categorical_rows(rng, self.topic_cum)]
+
+    def new_topics(self, cfg: SimulatorConfig, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
+        """Short-term interest after a topic switch of `users`: a random category, or a personal topic."""
+        ns, C, d = users.size, cfg.categories, cfg.factor_dim
+        fresh = _normalise(self.centroids[rng.integers(0, C, ns)] + 0.3 * rng.standard_normal((ns, d)) / math.sqrt(d))
+        if not cfg.personal_topics:
+            return fresh
+        back = rng.random(ns) < cfg.topic_return_prob
+        mine = self.topics[users, _categorical_rows(rng, self.topic_cum[users])]
+        return np.where(back[:, None], mine, fresh)
 
     def interest(self, cfg: SimulatorConfig) -> np.ndarray:
         return _normalise(cfg.long_weight * self.long + (1 - cfg.long_weight) * self.short)
@@ -316,10 +341,7 @@ def _update_state(cfg: SimulatorConfig, rng: np.random.Generator, w: _World, use
         w.short[act] = _normalise((1 - beta) * w.short[act] + beta * mean_f)
     switch = rng.random(U) < cfg.topic_switch_prob
     if switch.any():
-        ns = int(switch.sum())
-        w.short[switch] = _normalise(
-            w.centroids[rng.integers(0, cfg.categories, ns)] + 0.3 * rng.standard_normal((ns, cfg.factor_dim)) / math.sqrt(cfg.factor_dim)
-        )
+        w.short[switch] = w.new_topics(cfg, rng, np.flatnonzero(switch))
     w.long = _normalise(w.long + drift_step * rng.standard_normal(w.long.shape))
 
 
@@ -553,6 +575,9 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> dict[str, Any]:
     np.save(truth / "user_activity.npy", w.activity)
     np.save(truth / "user_domain_probs.npy", w.domain_p.astype(np.float32))
     np.save(truth / "heavy_users.npy", np.flatnonzero(w.heavy).astype(np.int64))
+    if cfg.personal_topics:
+        np.save(truth / "user_topics.npy", w.topics.astype(np.float32))
+        np.save(truth / "user_topic_categories.npy", w.topic_cat.astype(np.int64))
 
     organic = int(action_counts.sum() - action_counts[Action.IMPRESSION])
     truth_meta = {
@@ -580,6 +605,8 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> dict[str, Any]:
             "user_activity.npy": "[users] expected organic events per day",
             "user_domain_probs.npy": "[users, domains] domain preference",
             "heavy_users.npy": "user_ids of heavy users",
+            **({"user_topics.npy": "[users, personal_topics, d] the topics a switch returns to",
+                "user_topic_categories.npy": "[users, personal_topics] their categories"} if cfg.personal_topics else {}),
         },
     }
     (truth / "meta.json").write_text(json.dumps(truth_meta, indent=2))
