@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import ConfigError, load_config
+from recsys.data.history_signal import history_signal
 from recsys.data.io import read_table
 from recsys.data.schemas import Action
 from recsys.data.simulator import SimulatorConfig, simulate
@@ -172,57 +173,39 @@ def test_rerun_replaces_its_own_output_and_refuses_foreign_data(tmp_path):
         simulate(small_config("users=30", "items=200"), foreign)
 
 
-def _history_correlations(root: Path, recent: int = 20, min_history: int = 50) -> dict[str, float]:
-    """Correlation of the true click logit of each impression with <mean factor of a slice of the user's earlier
-    engagement, item factor>, for three slices: the newest `recent` events, the whole history, and the history
-    without its newest `recent` events (only what lies further back)."""
-    ev = read_table(root, "events", columns=["ts", "user_id", "item_id", "action", "request_id"])
-    F = np.load(root / "truth" / "item_factors.npy").astype(np.float64)
-    a, u, it = ev.column("action").to_numpy(), ev.column("user_id").to_numpy(), ev.column("item_id").to_numpy()
-    ts = ev.column("ts").cast("int64").to_numpy()
-    eng = a != int(Action.IMPRESSION)
-    key = (u[eng] << 42) | ts[eng]
-    order = np.argsort(key, kind="stable")
-    key, f = key[order], F[it[eng][order]]
-    csum = np.vstack([np.zeros((1, F.shape[1])), np.cumsum(f, axis=0)])
-    imp = ~eng
-    end = np.searchsorted(key, (u[imp] << 42) | ts[imp], side="left")  # strictly before the impression
-    first = np.searchsorted(key, u[imp] << 42, side="left")
-    req = read_table(root, "requests", columns=["request_id", "candidate_item_ids"])
-    true_ctr = pq.read_table(root / "truth" / "request_ctr" / "part-0.parquet").column("true_ctr").to_pylist()
-    cand = np.array(req.column("candidate_item_ids").to_pylist())
-    rid = ev.column("request_id").to_numpy(zero_copy_only=False)[imp].astype(np.int64)
-    col = (cand[rid] == it[imp][:, None]).argmax(axis=1)
-    p = np.array(true_ctr)[rid, col]
-    logit = np.log(p / (1 - p))
-    ok = end - first >= min_history
-    assert ok.sum() > 200
-
-    def corr(start, stop):
-        mean = (csum[stop] - csum[start]) / np.maximum(stop - start, 1)[:, None]
-        return float(np.corrcoef((mean * F[it[imp]]).sum(axis=1)[ok], logit[ok])[0, 1])
-
-    cut = np.maximum(first, end - recent)
-    return {"recent": corr(cut, end), "whole": corr(first, end), "older": corr(first, cut)}
-
-
 def test_recent_history_predicts_true_ctr_better_than_whole_history(small_sim):
     """The property sequence models exploit: the last items engaged with say more about the true click logit than
     the mean of the whole history (interests drift and switch topic)."""
-    c = _history_correlations(small_sim[0])
-    assert c["recent"] > c["whole"] + 0.05, c
+    h = history_signal(small_sim[0], recent=20)
+    recent, whole = h.corr(h.recent_score, min_history=50), h.corr(h.whole_score, min_history=50)
+    assert recent > whole + 0.05, (recent, whole)
 
 
 def test_personal_topics_put_signal_far_back_in_the_history(tmp_path, small_sim):
     """Returning interests: with personal topics, what a user engaged with before their newest 20 events predicts
     the click logit clearly better than without (they come back to those topics); the default leaves the stream
     untouched (the same-seed test pins the files), and the truth records the topics."""
-    off = _history_correlations(small_sim[0])
+    off = history_signal(small_sim[0], recent=20)
     cfg = small_config("personal_topics=3", "topic_return_prob=0.9")
     simulate(cfg, tmp_path)
-    on = _history_correlations(tmp_path)
-    assert on["older"] > off["older"] + 0.04, (on, off)
+    on = history_signal(tmp_path, recent=20)
+    older_on, older_off = on.corr(on.older_score, min_history=50), off.corr(off.older_score, min_history=50)
+    assert older_on > older_off + 0.04, (older_on, older_off)
     cats = np.load(tmp_path / "truth" / "user_topic_categories.npy")
     assert cats.shape == (cfg.users, 3) and all(len(set(r)) == 3 for r in cats.tolist())
     assert np.load(tmp_path / "truth" / "user_topics.npy").shape == (cfg.users, 3, cfg.factor_dim)
     assert not (small_sim[0] / "truth" / "user_topics.npy").exists()
+
+
+def test_history_signal_r2_matches_the_closed_form_and_sees_a_stable_taste(tmp_path, small_sim):
+    """R^2 with one score is the squared correlation (closed form of simple regression); with a stable, heavily
+    weighted long-term taste the events before the newest 20 add explained variance, with the default dynamics
+    (drifting taste, topic switches) they add almost none."""
+    h = history_signal(small_sim[0], recent=20)
+    assert h.r2(h.recent_score, min_history=50) == pytest.approx(h.corr(h.recent_score, min_history=50) ** 2, rel=1e-9)
+    assert (h.history >= 0).all() and h.logit.shape == h.recent_score.shape == h.older_score.shape
+    gain_default = h.r2(h.recent_score, h.older_score, min_history=50) - h.r2(h.recent_score, min_history=50)
+    simulate(small_config("drift_rate=0.0", "long_weight=0.6"), tmp_path)
+    s = history_signal(tmp_path, recent=20)
+    gain_stable = s.r2(s.recent_score, s.older_score, min_history=50) - s.r2(s.recent_score, min_history=50)
+    assert gain_stable > max(0.02, 3 * gain_default), (gain_stable, gain_default)

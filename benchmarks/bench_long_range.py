@@ -1,0 +1,74 @@
+"""Claim checked: whether a simulator setting holds click signal further back than the newest L events, i.e. whether a
+long-sequence model has anything to gain over a short window on that data (bench_quality's expected order rests on it).
+
+For each setting: simulate (bench_quality's size: 6000 users, 6000 items, 10 days), then for every logged impression
+with >= --min-history engaged events before it, regress the true click logit on <mean true factor of the newest L
+events, shown item> (the baseline, same rows) and on that plus the same score of everything older
+(recsys/data/history_signal.py). "older adds" = R^2 gain; ratio = R^2(with older) / R^2(newest L only).
+
+Usage: .venv/bin/python benchmarks/bench_long_range.py [--quick]   (writes benchmarks/results/bench_long_range.json)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import format_machine, machine_info  # noqa: E402
+from recsys.config import CONFIG_DIR, load_config  # noqa: E402
+from recsys.data.history_signal import history_signal  # noqa: E402
+from recsys.data.simulator import SimulatorConfig, simulate  # noqa: E402
+
+SETTINGS = {
+    "default": [],
+    "returning topics (4)": ["personal_topics=4"],
+    "returning topics (12, always)": ["personal_topics=12", "topic_return_prob=1.0"],
+    "slow drift": ["drift_rate=0.03"],
+    "slow drift, long weight 0.5": ["drift_rate=0.03", "long_weight=0.5"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1500 users, 5 days (smoke run)")
+    ap.add_argument("--windows", default="8,64,256", help="newest-L windows to compare")
+    ap.add_argument("--min-history", type=int, default=456, help="rows need this many earlier engaged events")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    base = ["users=1500", "items=3000", "days=5"] if args.quick else ["users=6000", "items=6000", "days=10"]
+    base.append(f"seed={args.seed}")
+    windows = [int(w) for w in args.windows.split(",")]
+    rows = []
+    for name, extra in SETTINGS.items():
+        with tempfile.TemporaryDirectory(prefix="bench_long_range_") as d:
+            t = time.perf_counter()
+            simulate(load_config(SimulatorConfig, CONFIG_DIR / "simulator.yaml", base + extra), d)
+            for L in windows:
+                h = history_signal(d, recent=L)
+                only = h.r2(h.recent_score, min_history=args.min_history)
+                both = h.r2(h.recent_score, h.older_score, min_history=args.min_history)
+                rows.append({"setting": name, "overrides": extra, "window": L, "rows": int((h.history >= args.min_history).sum()),
+                             "r2_window": only, "r2_with_older": both, "older_adds": both - only,
+                             "ratio": both / only if only > 0 else float("nan"), "seconds": time.perf_counter() - t})
+    machine = machine_info([])
+    out = ROOT / "benchmarks" / "results" / "bench_long_range.json"
+    out.write_text(json.dumps({"machine": machine, "config": {"simulator": base, "min_history": args.min_history,
+                                                              "windows": windows}, "results": rows}, indent=1))
+    print(f"machine: {format_machine(machine)}\nsimulator: {' '.join(base)}; rows: impressions with >= "
+          f"{args.min_history} earlier engaged events")
+    print(f"{'setting':<32}{'L':>5}{'rows':>8}{'R2 newest L':>13}{'R2 + older':>12}{'older adds':>12}{'ratio':>8}")
+    for r in rows:
+        print(f"{r['setting']:<32}{r['window']:>5}{r['rows']:>8}{r['r2_window']:>13.4f}{r['r2_with_older']:>12.4f}"
+              f"{r['older_adds']:>+12.4f}{r['ratio']:>8.3f}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
