@@ -137,7 +137,8 @@ def main() -> None:
     names = args.models.split(",")
     if args.train_seeds:
         names, extra = seeded_runs(names, args.train_seeds, extra)
-    config = {"users": users, "items": items, "days": days, "simulator_overrides": args.sim, "max_len": max_len, "epochs": epochs, "steps": args.steps,
+    config = {"users": users, "items": items, "days": days, "simulator_overrides": args.sim, "max_len": max_len,
+              "epochs": epochs, "steps": args.steps,
               "batch_size": args.batch_size, "validation_fraction": args.validation_fraction, "seed": args.seed,
               "train_seeds": args.train_seeds, "overrides": extra}
     machine = machine_info(["torch"])
