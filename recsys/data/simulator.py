@@ -203,7 +203,7 @@ class _World:
         self.domain_b = cfg.domain_bias_std * rng.standard_normal(K)
         # users
         self.long = _normalise(rng.standard_normal((U, d)))
-        self.short = _normalise(self.centroids[rng.integers(0, C, U)] + 0.3 * rng.standard_normal((U, d)) / math.sqrt(d))
+        self.short = self.near_centroids(rng, rng.integers(0, C, U))
         self.activity = cfg.events_per_user_day * np.exp(cfg.activity_sigma * rng.standard_normal(U) - 0.0)
         n_heavy = min(U, max(cfg.min_heavy_users, int(round(cfg.heavy_user_fraction * U))))
         self.heavy = np.zeros(U, dtype=bool)
@@ -219,18 +219,22 @@ class _World:
         if cfg.personal_topics:  # drawn last: with personal_topics = 0 the stream (and the data) is unchanged
             M = cfg.personal_topics
             self.topic_cat = np.argsort(rng.random((U, C)), axis=1)[:, :M] if M <= C else rng.integers(0, C, (U, M))
-            self.topics = _normalise(self.centroids[self.topic_cat] + 0.3 * rng.standard_normal((U, M, d)) / math.sqrt(d))
+            self.topics = self.near_centroids(rng, self.topic_cat)
             self.topic_cum = np.cumsum(rng.dirichlet(np.full(M, cfg.personal_topic_concentration), U), axis=1)
             self.topic_cum[:, -1] = 1.0
             self.short = self.topics[np.arange(U), _categorical_rows(rng, self.topic_cum)]
 
+    def near_centroids(self, rng: np.random.Generator, cats: np.ndarray) -> np.ndarray:
+        """Unit interests around the given categories' centroids: the one spread every short-term topic is drawn with."""
+        d = self.centroids.shape[1]
+        return _normalise(self.centroids[cats] + 0.3 * rng.standard_normal(cats.shape + (d,)) / math.sqrt(d))
+
     def new_topics(self, cfg: SimulatorConfig, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
         """Short-term interest after a topic switch of `users`: a random category, or a personal topic."""
-        ns, C, d = users.size, cfg.categories, cfg.factor_dim
-        fresh = _normalise(self.centroids[rng.integers(0, C, ns)] + 0.3 * rng.standard_normal((ns, d)) / math.sqrt(d))
+        fresh = self.near_centroids(rng, rng.integers(0, cfg.categories, users.size))
         if not cfg.personal_topics:
             return fresh
-        back = rng.random(ns) < cfg.topic_return_prob
+        back = rng.random(users.size) < cfg.topic_return_prob
         mine = self.topics[users, _categorical_rows(rng, self.topic_cum[users])]
         return np.where(back[:, None], mine, fresh)
 
