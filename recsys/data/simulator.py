@@ -20,7 +20,10 @@ over all users; only the slot loop is Python):
   `topic_return_prob` (else a random category as above): MIND/ComiRec's multi-interest users, the long-term
   interests LONGER and LMN read long histories for. Measured (benchmarks/bench_long_range.py): with 4 topics the
   newest ~64 events already show them; only a stable, heavily weighted long-term taste (`drift_rate` 0.03,
-  `long_weight` 0.5) leaves click signal further back. Activity (events/day) is lognormal; a
+  `long_weight` 0.5) leaves click signal further back. Concurrent interests (off by default, `concurrent_topics`): the user
+  holds all personal topics at once, and every affinity (browsing, retrieval, the click model) is the max over
+  {s_u, normalise(long_weight * l_u + (1 - long_weight) * topic_m)}: which part of the history matters depends on the
+  candidate (DIN's premise; a mean of the history blurs it). Activity (events/day) is lognormal; a
   `heavy_user_fraction` of users (at least `min_heavy_users`) make ~`heavy_user_events` organic events over the
   period, so sequences of thousands of events occur. Each user has a Dirichlet preference over domains.
 - Domains: a per-domain diagonal transform W_k of the factor space and a per-domain CTR bias b_k, so the same user
@@ -109,6 +112,7 @@ class SimulatorConfig(StrictModel):
     personal_topics: int = Field(0, ge=0, description="fixed topics a user returns to (0 = switches go to random categories)")
     topic_return_prob: float = Field(0.8, ge=0, le=1, description="P(a topic switch returns to a personal topic)")
     personal_topic_concentration: float = Field(1.0, gt=0, description="Dirichlet alpha of the personal topics' weights")
+    concurrent_topics: bool = Field(False, description="users hold all personal topics at once: affinity = max over them")
     # activity
     events_per_user_day: float = Field(18.0, gt=0, description="median organic browse events per user and day")
     activity_sigma: float = Field(1.0, ge=0, description="lognormal spread of user activity")
@@ -144,6 +148,8 @@ class SimulatorConfig(StrictModel):
 
     @model_validator(mode="after")
     def _enough_items(self) -> "SimulatorConfig":
+        if self.concurrent_topics and not self.personal_topics:
+            raise ValueError("concurrent_topics needs personal_topics > 0 (the topics a user holds at once)")
         initial = self.items - int(round(self.items * self.new_item_fraction))
         if initial < self.candidates:
             raise ValueError(
@@ -239,7 +245,12 @@ class _World:
         return np.where(back[:, None], mine, fresh)
 
     def interest(self, cfg: SimulatorConfig) -> np.ndarray:
-        return _normalise(cfg.long_weight * self.long + (1 - cfg.long_weight) * self.short)
+        """[U, d] current interest, or [U, 1 + M, d] (current + each personal topic) with concurrent topics."""
+        s = _normalise(cfg.long_weight * self.long + (1 - cfg.long_weight) * self.short)
+        if not cfg.concurrent_topics:
+            return s
+        held = _normalise(cfg.long_weight * self.long[:, None] + (1 - cfg.long_weight) * self.topics)
+        return np.concatenate([s[:, None], held], axis=1)
 
 
 class _Exposure:
@@ -283,7 +294,10 @@ class _Exposure:
 
 
 def _affinity(w: _World, s: np.ndarray, domain: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """<s * W_k, v_i> for rows (s, domain) against [rows, m] item indices."""
+    """<s * W_k, v_i> for rows (s, domain) against [rows, m] item indices; the max over interests for [rows, n, d] s."""
+    if s.ndim == 3:
+        q = (s * w.domain_w[domain][:, None]).astype(np.float32)
+        return np.einsum("rnd,rmd->rnm", q, w.item_f32[items], optimize=False).max(axis=1).astype(np.float64)
     q = (s * w.domain_w[domain]).astype(np.float32)
     return np.einsum("rd,rmd->rm", q, w.item_f32[items], optimize=False).astype(np.float64)
 
@@ -588,7 +602,8 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> dict[str, Any]:
     truth_meta = {
         "click_model": "true_ctr = sigmoid(affinity_scale * <s_u * domain_transform[k], item_factors[i]> "
         "+ pop_ctr_weight * pop_z[i] + domain_bias[k] + offset); s_u = normalise(long_weight * l_u + "
-        "(1 - long_weight) * h_u), h_u = EMA of engaged item factors (see recsys/data/simulator.py)",
+        "(1 - long_weight) * h_u), h_u = EMA of engaged item factors (see recsys/data/simulator.py)"
+        + ("; concurrent_topics: the max of that affinity over s_u and each personal topic" if cfg.concurrent_topics else ""),
         "offset": w.offset,
         "affinity_scale": cfg.affinity_scale,
         "pop_ctr_weight": cfg.pop_ctr_weight,
