@@ -6,6 +6,11 @@ with >= --min-history engaged events before it, regress the true click logit on 
 events, shown item> (the baseline, same rows) and on that plus the same score of everything older
 (recsys/data/history_signal.py). "older adds" = R^2 gain; ratio = R^2(with older) / R^2(newest L only).
 
+Second table, whether *which* events matter depends on the candidate (what target attention can use and a pooled
+history cannot): on the same rows, R^2 of the best recency-weighted mean of the newest --attention-window events (window
+means of 2, 4, ..., that many events, least-squares weights: the baseline) vs with a candidate-aware softmax-attention
+score of those events added (tau = --attention-tau).
+
 Usage: .venv/bin/python benchmarks/bench_long_range.py [--quick]   (writes benchmarks/results/bench_long_range.json)
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ SETTINGS = {
     "returning topics (12, always)": ["personal_topics=12", "topic_return_prob=1.0"],
     "slow drift": ["drift_rate=0.03"],
     "slow drift, long weight 0.5": ["drift_rate=0.03", "long_weight=0.5"],
+    "concurrent topics (4)": ["personal_topics=4", "concurrent_topics=true"],
 }
 
 
@@ -41,11 +47,14 @@ def main() -> None:
     ap.add_argument("--windows", default="8,64,256", help="newest-L windows to compare")
     ap.add_argument("--min-history", type=int, default=456, help="rows need this many earlier engaged events")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attention-window", type=int, default=64)
+    ap.add_argument("--attention-tau", type=float, default=2.0)
     args = ap.parse_args()
     base = ["users=1500", "items=3000", "days=5"] if args.quick else ["users=6000", "items=6000", "days=10"]
     base.append(f"seed={args.seed}")
     windows = [int(w) for w in args.windows.split(",")]
-    rows = []
+    rows, attention_rows = [], []
+    mh, A = args.min_history, args.attention_window
     for name, extra in SETTINGS.items():
         with tempfile.TemporaryDirectory(prefix="bench_long_range_") as d:
             t = time.perf_counter()
@@ -57,16 +66,28 @@ def main() -> None:
                 rows.append({"setting": name, "overrides": extra, "window": L, "rows": int((h.history >= args.min_history).sum()),
                              "r2_window": only, "r2_with_older": both, "older_adds": both - only,
                              "ratio": both / only if only > 0 else float("nan"), "seconds": time.perf_counter() - t})
+            wins = [history_signal(d, recent=2**k).recent_score for k in range(1, A.bit_length()) if 2**k < A]
+            h = history_signal(d, recent=A, attention_tau=args.attention_tau)
+            means = h.r2(*wins, h.recent_score, min_history=mh)
+            attn = h.r2(*wins, h.recent_score, h.attention_score, min_history=mh)
+            attention_rows.append({"setting": name, "overrides": extra, "window": A, "tau": args.attention_tau,
+                                   "r2_recency_means": means, "r2_with_attention": attn, "attention_adds": attn - means})
     machine = machine_info([])
     out = ROOT / "benchmarks" / "results" / "bench_long_range.json"
     out.write_text(json.dumps({"machine": machine, "config": {"simulator": base, "min_history": args.min_history,
-                                                              "windows": windows}, "results": rows}, indent=1))
+                                                              "windows": windows, "attention_window": A,
+                                                              "attention_tau": args.attention_tau},
+                               "results": rows, "attention": attention_rows}, indent=1))
     print(f"machine: {format_machine(machine)}\nsimulator: {' '.join(base)}; rows: impressions with >= "
           f"{args.min_history} earlier engaged events")
     print(f"{'setting':<32}{'L':>5}{'rows':>8}{'R2 newest L':>13}{'R2 + older':>12}{'older adds':>12}{'ratio':>8}")
     for r in rows:
         print(f"{r['setting']:<32}{r['window']:>5}{r['rows']:>8}{r['r2_window']:>13.4f}{r['r2_with_older']:>12.4f}"
               f"{r['older_adds']:>+12.4f}{r['ratio']:>8.3f}")
+    print(f"\ncandidate-aware signal in the newest {A} events (tau {args.attention_tau}), same rows")
+    print(f"{'setting':<32}{'R2 recency-weighted mean':>26}{'R2 + attention':>16}{'attention adds':>16}")
+    for r in attention_rows:
+        print(f"{r['setting']:<32}{r['r2_recency_means']:>26.4f}{r['r2_with_attention']:>16.4f}{r['attention_adds']:>+16.4f}")
     print(f"wrote {out}")
 
 
