@@ -61,7 +61,8 @@ def history_signal(root: str | Path, recent: int, attention_tau: float | None = 
     key = (u[eng] << 42) | ts[eng]
     order = np.argsort(key, kind="stable")
     key = key[order]
-    csum = np.vstack([np.zeros((1, F.shape[1])), np.cumsum(F[it[eng][order]], axis=0)])
+    hist_f = F[it[eng][order]]  # engaged events' factors, by (user, ts)
+    csum = np.vstack([np.zeros((1, F.shape[1])), np.cumsum(hist_f, axis=0)])
     imp = ~eng
     end = np.searchsorted(key, (u[imp] << 42) | ts[imp], side="left")  # strictly before the impression
     first = np.searchsorted(key, u[imp] << 42, side="left")
@@ -82,7 +83,6 @@ def history_signal(root: str | Path, recent: int, attention_tau: float | None = 
 
     attention = None
     if attention_tau is not None:  # per impression, the newest `recent` events' factors (chunked: rows x recent x d)
-        hist_f = F[it[eng][order]]
         attention = np.zeros(end.size)
         for a0 in range(0, end.size, chunk):
             e, c = end[a0 : a0 + chunk], cut[a0 : a0 + chunk]

@@ -20,12 +20,14 @@ over all users; only the slot loop is Python):
   `topic_return_prob` (else a random category as above): MIND/ComiRec's multi-interest users, the long-term
   interests LONGER and LMN read long histories for. Measured (benchmarks/bench_long_range.py): with 4 topics the
   newest ~64 events already show them; only a stable, heavily weighted long-term taste (`drift_rate` 0.03,
-  `long_weight` 0.5) leaves click signal further back. Concurrent interests (off by default, `concurrent_topics`): the user
-  holds all personal topics at once, and every affinity (browsing, retrieval, the click model) is the max over
-  {s_u, normalise(long_weight * l_u + (1 - long_weight) * topic_m)}: which part of the history matters depends on the
-  candidate (DIN's premise; a mean of the history blurs it). Activity (events/day) is lognormal; a
-  `heavy_user_fraction` of users (at least `min_heavy_users`) make ~`heavy_user_events` organic events over the
-  period, so sequences of thousands of events occur. Each user has a Dirichlet preference over domains.
+  `long_weight` 0.5) leaves click signal further back. Concurrent interests (off by default, `concurrent_topics`):
+  the user holds all personal topics at once, and every affinity (browsing, retrieval, the click model) is the max
+  over {s_u, normalise(long_weight * l_u + (1 - long_weight) * topic_m)}: which part of the history matters depends
+  on the candidate (DIN's premise; a mean of the history blurs it). Measured (bench_long_range): a candidate-aware
+  attention score of the newest 64 events adds R^2 0.20 of the true logit to the best recency-weighted mean of them
+  (0.08-0.10 in the other settings), and the events before the newest 64 add 0.012. Activity (events/day) is
+  lognormal; a `heavy_user_fraction` of users (at least `min_heavy_users`) make ~`heavy_user_events` organic events
+  over the period, so sequences of thousands of events occur. Each user has a Dirichlet preference over domains.
 - Domains: a per-domain diagonal transform W_k of the factor space and a per-domain CTR bias b_k, so the same user
   and item have a different affinity in each domain (per-domain models matter), plus a home-domain exposure boost.
 - Organic events (most of the history): the user browses: `browse_pool` items are drawn by exposure weight and one
@@ -147,9 +149,13 @@ class SimulatorConfig(StrictModel):
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
 
     @model_validator(mode="after")
-    def _enough_items(self) -> "SimulatorConfig":
+    def _concurrent_needs_topics(self) -> "SimulatorConfig":
         if self.concurrent_topics and not self.personal_topics:
             raise ValueError("concurrent_topics needs personal_topics > 0 (the topics a user holds at once)")
+        return self
+
+    @model_validator(mode="after")
+    def _enough_items(self) -> "SimulatorConfig":
         initial = self.items - int(round(self.items * self.new_item_fraction))
         if initial < self.candidates:
             raise ValueError(
