@@ -16,6 +16,7 @@ Usage: .venv/bin/python benchmarks/bench_long_range.py [--quick]   (writes bench
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -59,15 +60,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_long_range_") as d:
             t = time.perf_counter()
             simulate(load_config(SimulatorConfig, CONFIG_DIR / "simulator.yaml", base + extra), d)
+            h = history_signal(d, recent=A, attention_tau=args.attention_tau)  # the data read once per setting
             for L in windows:
-                h = history_signal(d, recent=L)
-                only = h.r2(h.recent_score, min_history=args.min_history)
-                both = h.r2(h.recent_score, h.older_score, min_history=args.min_history)
+                g = dataclasses.replace(h, recent=L)
+                only = g.r2(g.recent_score, min_history=args.min_history)
+                both = g.r2(g.recent_score, g.older_score, min_history=args.min_history)
                 rows.append({"setting": name, "overrides": extra, "window": L, "rows": int((h.history >= args.min_history).sum()),
                              "r2_window": only, "r2_with_older": both, "older_adds": both - only,
                              "ratio": both / only if only > 0 else float("nan"), "seconds": time.perf_counter() - t})
-            wins = [history_signal(d, recent=2**k).recent_score for k in range(1, A.bit_length()) if 2**k < A]
-            h = history_signal(d, recent=A, attention_tau=args.attention_tau)
+            wins = [h.window_score(2**k) for k in range(1, A.bit_length()) if 2**k < A]
             means = h.r2(*wins, h.recent_score, min_history=mh)
             attn = h.r2(*wins, h.recent_score, h.attention_score, min_history=mh)
             attention_rows.append({"setting": name, "overrides": extra, "window": A, "tau": args.attention_tau,

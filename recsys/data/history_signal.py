@@ -14,7 +14,7 @@ find that a pooled history blurs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,54 @@ from recsys.data.schemas import Action
 @dataclass
 class HistorySignal:
     """Per logged impression: true logit, <mean factor of the newest `recent` events, item>, the same for the older
-    events, and the number of engaged events before the impression."""
+    events, and the number of engaged events before the impression. Holds the engaged events' factors (by user, time)
+    so other windows and attention scores come without re-reading the data."""
 
     recent: int
     logit: np.ndarray
-    recent_score: np.ndarray
-    older_score: np.ndarray
-    whole_score: np.ndarray
     history: np.ndarray
+    hist_f: np.ndarray = field(repr=False)  # engaged events' factors, sorted by (user, ts)
+    csum: np.ndarray = field(repr=False)  # prefix sums of hist_f (one leading zero row)
+    item_f: np.ndarray = field(repr=False)  # factor of each impression's item
+    end: np.ndarray = field(repr=False)  # per impression: index after its newest earlier engaged event
+    first: np.ndarray = field(repr=False)  # per impression: index of its user's first engaged event
     attention_score: np.ndarray | None = None
+
+    def _cut(self, newest: int) -> np.ndarray:
+        return np.maximum(self.first, self.end - newest)
+
+    def _mean_score(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        mean = (self.csum[stop] - self.csum[start]) / np.maximum(stop - start, 1)[:, None]
+        return (mean * self.item_f).sum(axis=1)
+
+    @property
+    def recent_score(self) -> np.ndarray:
+        return self.window_score(self.recent)
+
+    @property
+    def older_score(self) -> np.ndarray:
+        return self._mean_score(self.first, self._cut(self.recent))
+
+    @property
+    def whole_score(self) -> np.ndarray:
+        return self._mean_score(self.first, self.end)
+
+    def window_score(self, newest: int) -> np.ndarray:
+        """<mean factor of the newest `newest` engaged events, item> per impression."""
+        return self._mean_score(self._cut(newest), self.end)
+
+    def attention(self, newest: int, tau: float, chunk: int = 8192) -> np.ndarray:
+        """sum_j softmax_j(tau * s_j) * s_j over the newest `newest` events, s_j = <event factor, item> (chunked)."""
+        cut, out = self._cut(newest), np.zeros(self.end.size)
+        for a0 in range(0, out.size, chunk):
+            e, c = self.end[a0 : a0 + chunk], cut[a0 : a0 + chunk]
+            pos = e[:, None] - 1 - np.arange(newest)[None, :]
+            valid = pos >= c[:, None]
+            sim = np.einsum("rld,rd->rl", self.hist_f[np.where(valid, pos, 0)], self.item_f[a0 : a0 + chunk])
+            z = np.where(valid, tau * sim, -np.inf)
+            wgt = np.exp(z - np.where(valid.any(axis=1), z.max(axis=1), 0.0)[:, None])
+            out[a0 : a0 + chunk] = (wgt * np.where(valid, sim, 0.0)).sum(axis=1) / np.maximum(wgt.sum(axis=1), 1e-300)
+        return out
 
     def r2(self, *scores: np.ndarray, min_history: int = 0) -> float:
         """R^2 of the true logit on an intercept + the given per-impression scores (rows with enough history)."""
@@ -50,7 +89,7 @@ class HistorySignal:
         return float(np.corrcoef(score[ok], self.logit[ok])[0, 1])
 
 
-def history_signal(root: str | Path, recent: int, attention_tau: float | None = None, chunk: int = 8192) -> HistorySignal:
+def history_signal(root: str | Path, recent: int, attention_tau: float | None = None) -> HistorySignal:
     """Read a simulator output directory (events, requests, truth/) and score every impression (see module doc)."""
     root = Path(root)
     ev = read_table(root, "events", columns=["ts", "user_id", "item_id", "action", "request_id"])
@@ -61,12 +100,11 @@ def history_signal(root: str | Path, recent: int, attention_tau: float | None = 
     key = (u[eng] << 42) | ts[eng]
     order = np.argsort(key, kind="stable")
     key = key[order]
-    hist_f = F[it[eng][order]]  # engaged events' factors, by (user, ts)
+    hist_f = F[it[eng][order]]
     csum = np.vstack([np.zeros((1, F.shape[1])), np.cumsum(hist_f, axis=0)])
     imp = ~eng
     end = np.searchsorted(key, (u[imp] << 42) | ts[imp], side="left")  # strictly before the impression
     first = np.searchsorted(key, u[imp] << 42, side="left")
-    cut = np.maximum(first, end - recent)
     req = read_table(root, "requests", columns=["request_id", "candidate_item_ids"]).column("candidate_item_ids")
     ctr = pq.read_table(root / "truth" / "request_ctr" / "part-0.parquet").column("true_ctr").combine_chunks()
     n_req = len(ctr)
@@ -75,24 +113,10 @@ def history_signal(root: str | Path, recent: int, attention_tau: float | None = 
     rid = ev.column("request_id").to_numpy(zero_copy_only=False)[imp].astype(np.int64)
     col = (cand[rid] == it[imp][:, None]).argmax(axis=1)
     p = true_ctr[rid, col]
-    item_f = F[it[imp]]
-
-    def score(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-        mean = (csum[stop] - csum[start]) / np.maximum(stop - start, 1)[:, None]
-        return (mean * item_f).sum(axis=1)
-
-    attention = None
-    if attention_tau is not None:  # per impression, the newest `recent` events' factors (chunked: rows x recent x d)
-        attention = np.zeros(end.size)
-        for a0 in range(0, end.size, chunk):
-            e, c = end[a0 : a0 + chunk], cut[a0 : a0 + chunk]
-            pos = e[:, None] - 1 - np.arange(recent)[None, :]
-            valid = pos >= c[:, None]
-            sim = np.einsum("rld,rd->rl", hist_f[np.where(valid, pos, 0)], item_f[a0 : a0 + chunk])
-            z = np.where(valid, attention_tau * sim, -np.inf)
-            wgt = np.exp(z - np.where(valid.any(axis=1), z.max(axis=1), 0.0)[:, None])
-            attention[a0 : a0 + chunk] = (wgt * np.where(valid, sim, 0.0)).sum(axis=1) / np.maximum(wgt.sum(axis=1), 1e-300)
-    return HistorySignal(recent, np.log(p / (1 - p)), score(cut, end), score(first, cut), score(first, end), end - first, attention)
+    h = HistorySignal(recent, np.log(p / (1 - p)), end - first, hist_f, csum, F[it[imp]], end, first)
+    if attention_tau is not None:
+        h.attention_score = h.attention(recent, attention_tau)
+    return h
 
 
 __all__ = ["HistorySignal", "history_signal"]

@@ -217,8 +217,8 @@ def test_concurrent_topics_make_the_relevant_history_depend_on_the_candidate(tmp
     recency-weighted mean (window means of 2..32 events, least-squares weights) than with the default single
     interest. At tau = 0 the attention score is the mean score (closed form). The option needs personal topics."""
     def attention_gain(root: Path) -> float:
-        wins = [history_signal(root, recent=L).recent_score for L in (2, 4, 8, 16)]
         h = history_signal(root, recent=32, attention_tau=2.0)
+        wins = [h.window_score(L) for L in (2, 4, 8, 16)]
         return h.r2(*wins, h.recent_score, h.attention_score, min_history=20) - h.r2(*wins, h.recent_score, min_history=20)
 
     flat = history_signal(small_sim[0], recent=32, attention_tau=0.0)
