@@ -9,7 +9,11 @@ events, shown item> (the baseline, same rows) and on that plus the same score of
 Second table, whether *which* events matter depends on the candidate (what target attention can use and a pooled
 history cannot): on the same rows, R^2 of the best recency-weighted mean of the newest --attention-window events (window
 means of 2, 4, ..., that many events, least-squares weights: the baseline) vs with a candidate-aware softmax-attention
-score of those events added (tau = --attention-tau).
+score of those events added (tau = --attention-tau). Then the same on top of the category shares of those events (the
+shipped rankers' `embedding.category_share` cross features, model-free): what attention adds beyond the hand-made
+target attention the pooling baseline already has, over the true item factors and over the category centroids only
+(what a model whose item embeddings know categories and nothing finer could find; bench_item_geometry.py measures
+what trained rankers' embeddings know).
 
 Usage: .venv/bin/python benchmarks/bench_long_range.py [--quick]   (writes benchmarks/results/bench_long_range.json)
 """
@@ -23,13 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import format_machine, machine_info  # noqa: E402
 from recsys.config import CONFIG_DIR, load_config  # noqa: E402
-from recsys.data.history_signal import history_signal  # noqa: E402
+from recsys.data.history_signal import category_centroids, history_signal  # noqa: E402
 from recsys.data.simulator import SimulatorConfig, simulate  # noqa: E402
 
 SETTINGS = {
@@ -68,11 +74,18 @@ def main() -> None:
                 rows.append({"setting": name, "overrides": extra, "window": L, "rows": int((h.history >= args.min_history).sum()),
                              "r2_window": only, "r2_with_older": both, "older_adds": both - only,
                              "ratio": both / only if only > 0 else float("nan"), "seconds": time.perf_counter() - t})
-            wins = [h.window_score(2**k) for k in range(1, A.bit_length()) if 2**k < A]
-            means = h.r2(*wins, h.recent_score, min_history=mh)
-            attn = h.r2(*wins, h.recent_score, h.attention_score, min_history=mh)
+            means, shares = h.recency_means(A), h.category_shares(A)
+            cent = category_centroids(d)  # unit rows, on the true factors' scale for the same tau
+            centroid = h.with_geometry(cent / np.linalg.norm(cent, axis=1, keepdims=True)).attention(A, args.attention_tau)
+            r2 = {"means": h.r2(*means, min_history=mh), "attn": h.r2(*means, h.attention_score, min_history=mh),
+                  "shares": h.r2(*means, *shares, min_history=mh),
+                  "shares_attn": h.r2(*means, *shares, h.attention_score, min_history=mh),
+                  "shares_centroid": h.r2(*means, *shares, centroid, min_history=mh)}
             attention_rows.append({"setting": name, "overrides": extra, "window": A, "tau": args.attention_tau,
-                                   "r2_recency_means": means, "r2_with_attention": attn, "attention_adds": attn - means})
+                                   "r2_recency_means": r2["means"], "r2_with_attention": r2["attn"],
+                                   "attention_adds": r2["attn"] - r2["means"], "r2_with_category_share": r2["shares"],
+                                   "attention_adds_over_share": r2["shares_attn"] - r2["shares"],
+                                   "centroid_attention_adds_over_share": r2["shares_centroid"] - r2["shares"]})
     machine = machine_info([])
     out = ROOT / "benchmarks" / "results" / "bench_long_range.json"
     out.write_text(json.dumps({"machine": machine, "config": {"simulator": base, "min_history": args.min_history,
@@ -85,10 +98,14 @@ def main() -> None:
     for r in rows:
         print(f"{r['setting']:<32}{r['window']:>5}{r['rows']:>8}{r['r2_window']:>13.4f}{r['r2_with_older']:>12.4f}"
               f"{r['older_adds']:>+12.4f}{r['ratio']:>8.3f}")
-    print(f"\ncandidate-aware signal in the newest {A} events (tau {args.attention_tau}), same rows")
-    print(f"{'setting':<32}{'R2 recency-weighted mean':>26}{'R2 + attention':>16}{'attention adds':>16}")
+    print(f"\ncandidate-aware signal in the newest {A} events (tau {args.attention_tau}), same rows; attention over the "
+          "true item factors, or over the category centroids only")
+    print(f"{'setting':<32}{'R2 recency means':>18}{'+ attention':>13}{'adds':>9}{'+ cat share':>13}{'attn adds':>11}"
+          f"{'centroid attn adds':>20}")
     for r in attention_rows:
-        print(f"{r['setting']:<32}{r['r2_recency_means']:>26.4f}{r['r2_with_attention']:>16.4f}{r['attention_adds']:>+16.4f}")
+        print(f"{r['setting']:<32}{r['r2_recency_means']:>18.4f}{r['r2_with_attention']:>13.4f}{r['attention_adds']:>+9.4f}"
+              f"{r['r2_with_category_share']:>13.4f}{r['attention_adds_over_share']:>+11.4f}"
+              f"{r['centroid_attention_adds_over_share']:>+20.4f}")
     print(f"wrote {out}")
 
 

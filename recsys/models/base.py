@@ -19,9 +19,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from recsys.data.batch import Candidates, RankingBatch
+from recsys.layers.embedding import SparseEmbedder
 
 
 class Ranker(nn.Module, abc.ABC):
+    embedder: SparseEmbedder  # every ranker's sparse ids go through one (what the trainer shards)
+
     @abc.abstractmethod
     def encode_user(self, batch: RankingBatch) -> Any: ...
 
