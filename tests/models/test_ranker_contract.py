@@ -6,7 +6,7 @@ covered automatically):
   candidate, `RankingBatch.expand`), with the hashed n-gram input on and off;
 - the candidate actually changes the scores (so the comparison above can fail);
 - with the options on (cross features for every model, recency / category-match biases, attention mass and the
-  history's action where a model has them) and off; the biases (zero at init) get random values first, so one applied on one path only fails;
+  history's action, the pooling baseline's DLRM dot interaction where a model has them) and off; the biases (zero at init) get random values first, so one applied on one path only fails;
 - a few optimizer steps reduce the loss on a tiny learnable problem.
 
 Model sizes: `TINY[name]` overrides the config defaults (embedding dim 8 unless given). A model without an entry
@@ -28,9 +28,9 @@ from tests.models.ranking_rows import SPEC, random_rows, randomize_attention_bia
 
 TOL = 1e-5
 ON = {"recency_bias": True, "attention_mass": True, "match_bias": True}  # off by default, on in configs/
-OPTIONS = {*ON, "history_action", "attention_len", "profile"}  # dropped by build(options=False)
+OPTIONS = {*ON, "history_action", "attention_len", "profile", "interaction"}  # dropped by build(options=False)
 TINY: dict[str, dict] = {
-    "pooling": {"hidden": [16]},
+    "pooling": {"hidden": [16], "interaction": "dot"},
     "din": {"attention_hidden": [16], "hidden": [16], "history_action": True, "attention_len": 8, "profile": "sum", "recency_bias": True},
     "transformer": {"d_model": 16, "heads": 2, "item_dim": 8, "layers": 2, "head_hidden": [16]},
     # merge_k=4 over histories of up to 24 items -> up to 6 merged tokens, recent_k=3 of them as queries
