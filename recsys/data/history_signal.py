@@ -116,10 +116,9 @@ class HistorySignal:
     def with_geometry(self, table: np.ndarray) -> HistorySignal:
         """The same rows and true logits, every score taken with item vectors table[item id] instead of the true
         factors (the attention score is dropped: recompute it with `attention`)."""
-        hist_f = np.asarray(table, dtype=np.float64)[self.hist_item]
-        csum = np.vstack([np.zeros((1, hist_f.shape[1])), np.cumsum(hist_f, axis=0)])
-        return dataclasses.replace(self, hist_f=hist_f, csum=csum, item_f=np.asarray(table, dtype=np.float64)[self.imp_item],
-                                   attention_score=None)
+        t = np.asarray(table, dtype=np.float64)
+        hist_f = t[self.hist_item]
+        return dataclasses.replace(self, hist_f=hist_f, csum=_prefix_sums(hist_f), item_f=t[self.imp_item], attention_score=None)
 
     def r2(self, *scores: np.ndarray, min_history: int = 0) -> float:
         """R^2 of the true logit on an intercept + the given per-impression scores (rows with enough history)."""
@@ -129,6 +128,10 @@ class HistorySignal:
     def corr(self, score: np.ndarray, min_history: int = 0) -> float:
         ok = self.history >= min_history
         return float(np.corrcoef(score[ok], self.logit[ok])[0, 1])
+
+
+def _prefix_sums(x: np.ndarray) -> np.ndarray:
+    return np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
 
 
 def fit_r2(X: np.ndarray, Y: np.ndarray) -> float:
@@ -169,7 +172,7 @@ def history_signal(root: str | Path, recent: int, attention_tau: float | None = 
     key = key[order]
     hist_item = it[eng][order]
     hist_f = F[hist_item]
-    csum = np.vstack([np.zeros((1, F.shape[1])), np.cumsum(hist_f, axis=0)])
+    csum = _prefix_sums(hist_f)
     imp = ~eng
     end = np.searchsorted(key, (u[imp] << 42) | ts[imp], side="left")  # strictly before the impression
     first = np.searchsorted(key, u[imp] << 42, side="left")
