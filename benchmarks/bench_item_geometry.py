@@ -17,6 +17,7 @@ Usage: .venv/bin/python benchmarks/bench_item_geometry.py --data WORK/data --run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def main() -> None:
     for name, table in tables.items():
         p = probe_item_table(table, args.data)
         attn = h.with_geometry(unit_rows(table)).attention(W, args.tau)
-        rows.append({"table": name, "width": int(table.shape[1]), **p.__dict__,
+        rows.append({"table": name, "width": int(table.shape[1]), **dataclasses.asdict(p),
                      "attention_adds_over_share": h.r2(*base, attn, min_history=mh) - r2_base})
     out = ROOT / "benchmarks" / "results" / f"bench_item_geometry{args.tag}.json"
     out.write_text(json.dumps({"machine": machine, "config": {**vars(args), "rows": int((h.history >= mh).sum()),
