@@ -38,9 +38,9 @@ def probe_item_table(table: np.ndarray, root: str | Path) -> GeometryProbe:
     """Linear probes of `table` [items, width] (row = item id) against a simulator output's truth (module doc)."""
     root = Path(root)
     F = np.load(root / "truth" / "item_factors.npy").astype(np.float64)
-    if table.shape[0] != F.shape[0]:
-        raise ValueError(f"table has {table.shape[0]} rows, the simulator has {F.shape[0]} items")
     X = np.asarray(table, dtype=np.float64)
+    if X.shape[0] != F.shape[0]:
+        raise ValueError(f"table has {X.shape[0]} rows, the simulator has {F.shape[0]} items")
     cat = item_categories(root, F.shape[0])
     onehot = np.eye(int(cat.max()) + 1)[cat][:, 1:]  # one column dropped: the intercept spans it
     pop = np.log(np.load(root / "truth" / "item_popularity.npy").astype(np.float64))
