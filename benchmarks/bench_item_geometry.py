@@ -58,6 +58,7 @@ def main() -> None:
             tables[run.name] = model_item_table(load_exported(Path(tmp) / run.name).model, cats)
     h = history_signal(args.data, recent=args.window)
     mh, W = args.min_history, args.window
+    n_rows = int((h.history >= mh).sum())
     base = [*h.recency_means(W), *h.category_shares(W)]
     r2_base = h.r2(*base, min_history=mh)
     rows = []
@@ -67,9 +68,9 @@ def main() -> None:
         rows.append({"table": name, "width": int(table.shape[1]), **dataclasses.asdict(p),
                      "attention_adds_over_share": h.r2(*base, attn, min_history=mh) - r2_base})
     out = ROOT / "benchmarks" / "results" / f"bench_item_geometry{args.tag}.json"
-    out.write_text(json.dumps({"machine": machine, "config": {**vars(args), "rows": int((h.history >= mh).sum()),
+    out.write_text(json.dumps({"machine": machine, "config": {**vars(args), "rows": n_rows,
                                                               "r2_means_and_share": r2_base}, "results": rows}, indent=1))
-    print(f"machine: {format_machine(machine)}\ndata: {args.data}; rows: {int((h.history >= mh).sum())} impressions with "
+    print(f"machine: {format_machine(machine)}\ndata: {args.data}; rows: {n_rows} impressions with "
           f">= {mh} earlier engaged events; R^2 recency means + category shares {r2_base:.4f}")
     print(f"{'item table':<22}{'width':>6}{'factor R2':>11}{'within-cat R2':>15}{'chance':>8}{'log-pop R2':>12}"
           f"{'attention adds':>16}")

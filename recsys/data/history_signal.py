@@ -150,13 +150,17 @@ def item_categories(root: str | Path, items: int) -> np.ndarray:
     return cat
 
 
+def category_means(factors: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """[items, d]: each item's category mean of `factors` (row = item id)."""
+    means = np.zeros((int(categories.max()) + 1, factors.shape[1]))
+    np.add.at(means, categories, factors)
+    return (means / np.maximum(np.bincount(categories, minlength=len(means)), 1)[:, None])[categories]
+
+
 def category_centroids(root: str | Path) -> np.ndarray:
     """[items, d]: each item's category mean true factor (an item known only by its category)."""
     F = np.load(Path(root) / "truth" / "item_factors.npy").astype(np.float64)
-    cat = item_categories(root, F.shape[0])
-    means = np.zeros((int(cat.max()) + 1, F.shape[1]))
-    np.add.at(means, cat, F)
-    return (means / np.maximum(np.bincount(cat, minlength=len(means)), 1)[:, None])[cat]
+    return category_means(F, item_categories(root, F.shape[0]))
 
 
 def history_signal(root: str | Path, recent: int, attention_tau: float | None = None) -> HistorySignal:
@@ -191,4 +195,4 @@ def history_signal(root: str | Path, recent: int, attention_tau: float | None = 
     return h
 
 
-__all__ = ["CATEGORY_SHARE_DECAYS", "HistorySignal", "category_centroids", "fit_r2", "history_signal", "item_categories"]
+__all__ = ["CATEGORY_SHARE_DECAYS", "HistorySignal", "category_centroids", "category_means", "fit_r2", "history_signal", "item_categories"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from recsys.data.batch import Candidates
-from recsys.data.history_signal import category_centroids, fit_r2, item_categories
+from recsys.data.history_signal import category_means, fit_r2, item_categories
 from recsys.models.base import Ranker
 
 
@@ -44,7 +44,7 @@ def probe_item_table(table: np.ndarray, root: str | Path) -> GeometryProbe:
     cat = item_categories(root, F.shape[0])
     onehot = np.eye(int(cat.max()) + 1)[cat][:, 1:]  # one column dropped: the intercept spans it
     pop = np.log(np.load(root / "truth" / "item_popularity.npy").astype(np.float64))
-    return GeometryProbe(fit_r2(X, F), fit_r2(np.column_stack([X, onehot]), F - category_centroids(root)), fit_r2(X, pop),
+    return GeometryProbe(fit_r2(X, F), fit_r2(np.column_stack([X, onehot]), F - category_means(F, cat)), fit_r2(X, pop),
                          X.shape[1] / F.shape[0])
 
 

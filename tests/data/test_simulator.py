@@ -218,8 +218,8 @@ def test_concurrent_topics_make_the_relevant_history_depend_on_the_candidate(tmp
     interest. At tau = 0 the attention score is the mean score (closed form). The option needs personal topics."""
     def attention_gain(root: Path) -> float:
         h = history_signal(root, recent=32, attention_tau=2.0)
-        wins = [h.window_score(L) for L in (2, 4, 8, 16)]
-        return h.r2(*wins, h.recent_score, h.attention_score, min_history=20) - h.r2(*wins, h.recent_score, min_history=20)
+        means = h.recency_means(32)  # window means of the newest 2, 4, 8, 16 and 32 events
+        return h.r2(*means, h.attention_score, min_history=20) - h.r2(*means, min_history=20)
 
     flat = history_signal(small_sim[0], recent=32, attention_tau=0.0)
     np.testing.assert_allclose(flat.attention_score, flat.recent_score, rtol=0, atol=1e-12)
