@@ -9,6 +9,7 @@ Format (every section optional except `model`; unknown keys are errors that name
     precision:    fp32 | bf16                   # bf16 = autocast around the forward; loss and optimizer in fp32
     activation_checkpointing: false             # handed to the model when it supports it (see apply_activation_checkpointing)
     sharding:     {sharding_types: [...], tables: {t_item: [row_wise]}, compute_kernel: fused}
+    item_init:    {method: random | co_engagement, window, power, drop_top, norm, seed}   # recsys/training/item_init.py
     epochs, max_steps, checkpoint_every_steps, keep_checkpoints, log_every_steps, seed, device
 
 Why the embedding optimizer is separate from the dense one: TorchRec fuses the embedding update into the backward
@@ -25,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from recsys.config import ConfigError, StrictModel
 from recsys.models.registry import ModelConfig
+from recsys.training.item_init import ItemInitConfig
 
 ShardingType = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise"]
 # data_parallel is deliberately absent: it fails for EmbeddingCollection (sequence tables) on TorchRec 1.8 and would
@@ -105,6 +107,7 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     activation_checkpointing: bool = False
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    item_init: ItemInitConfig = Field(default_factory=ItemInitConfig)
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (across epochs)")
     checkpoint_every_steps: int = Field(200, gt=0)

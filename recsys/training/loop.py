@@ -46,6 +46,7 @@ from recsys.models.registry import build_model
 from recsys.training import checkpoint as ckpt
 from recsys.training import data as tdata
 from recsys.training.config import TrainConfig, check_device_support, resolve_device
+from recsys.training.item_init import initialise_items
 from recsys.training.distributed import (
     DistContext,
     all_reduce_int,
@@ -226,15 +227,21 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
         torch.set_num_threads(threads)
     tune_malloc()  # large activations reuse heap pages instead of mmap/munmap per step (recsys/allocator.py)
     seed_everything(cfg.seed)  # same on every rank: identical dense init (DDP also broadcasts rank 0's)
+    split = tdata.time_split(tdata.read_training(files), cfg.data)
+    if split.train.num_rows == 0:
+        raise ValueError("data.validation_fraction/validation_start: the time split leaves no training rows")
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
     model = build_training_model(cfg, spec)
+    if latest is None and cfg.item_init.method != "random":  # a resumed run loads its trained table instead
+        t0 = time.perf_counter()
+        rows = initialise_items(model, split.train, cfg.item_init)
+        log(ctx, f"item_init={cfg.item_init.method}: {rows} item rows from the training histories "
+                 f"({time.perf_counter() - t0:.1f}s)")
     dmp, optimizer, dense, plan = shard_for_training(model, cfg, device)
     from recsys.training.sharding import plan_summary
 
     log(ctx, f"world_size={ctx.world_size} device={device} plan={plan_summary(plan)}")
 
-    split = tdata.time_split(tdata.read_training(files), cfg.data)
-    if split.train.num_rows == 0:
-        raise ValueError("data.validation_fraction/validation_start: the time split leaves no training rows")
     n_train = split.train.num_rows
     train_lengths = tdata.history_lengths(split.train, spec.max_len) if cfg.data.length_bucketing else None
     per_epoch = all_reduce_int(len(tdata.rank_rows(n_train, ctx.rank, ctx.world_size, cfg.seed, 0, False)) // cfg.data.batch_size, "min", device)
@@ -246,7 +253,6 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
     log(ctx, f"train rows={n_train} validation rows={split.validation.num_rows} steps/epoch={per_epoch} total_steps={total_steps}")
 
     step, epoch, batch_in_epoch = 0, 0, 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         if dense is not None:
             dense.init_state()  # optimizer state must exist for DCP to load into it (overwritten by the load)

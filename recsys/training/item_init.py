@@ -1,0 +1,138 @@
+"""Initialise the item table from co-engagement in the training split's histories, before CTR training starts.
+
+Why: one pass over impressions at ~1% CTR teaches every ranker's item table popularity and coarse category geometry,
+but nothing about which items within a category go together (benchmarks/bench_item_geometry.py: within-category
+R^2 0.006 for every model, chance 0.011), and target attention can only weigh history events by relevance to the
+candidate as well as the item embeddings know it. The users' engaged histories carry far more of that signal
+(millions of engaged events against thousands of clicked impressions).
+
+Method: item2vec as a matrix factorisation. Skip-gram with negative sampling factorises a shifted PMI matrix of
+co-occurrence counts (Levy & Goldberg, NIPS'14); we factor the positive PMI directly with a randomised truncated
+SVD (`torch.svd_lowrank`, works on a sparse matrix, so catalogues of millions of items fit):
+  counts   C[i, j] = number of times items i != j are engaged within `window` events of each other in a user's
+           history (both orders; impressions are not engagement and are skipped, and the like / share / purchase
+           that follows a click on the same item is the same engagement)
+  PPMI     max(0, log(C[i, j] * total / (row_i * row_j))) on the non-zeros
+  vectors  U[:, s:s+d] * S^power (Levy, Goldberg & Dagan, TACL'15: the eigenvalue weighting `power` 0 or 0.5 beats
+           the SVD's natural 1 on similarity tasks); the first `drop_top` components are dropped: the top one is the
+           shared popularity direction (its singular value is 5x the next on simulator data) that makes every pair of
+           popular items look alike (Mu & Viswanath, ICLR'18, "all-but-the-top").
+  scale    rows rescaled so that the engaged items' mean row norm is `norm` (trained item rows sit near 1: 0.8-1.4 after
+           one pass on simulator data); items never engaged keep the table's random init.
+Source: for each user, the stored history of the user's newest training row (so only events before the validation
+boundary: no holdout leakage); a user with more events than the feature pipeline keeps contributes the newest of them.
+Measured (model-free, concurrent-topics simulator, 12000 users): attention over these vectors (d=32, power 0,
+drop_top 1) finds R^2 +0.146 of the true click logit beyond recency means + category shares, as much as the true item
+factors do (+0.146); the trained rankers' own tables reach +0.024..0.051.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pydantic import Field
+
+from recsys.config import StrictModel
+from recsys.data.schemas import Action
+from recsys.models.base import Ranker
+
+
+class ItemInitConfig(StrictModel):
+    method: Literal["random", "co_engagement"] = Field(
+        "random", description="random = TorchRec's init; co_engagement = PPMI + SVD of history co-engagement"
+    )
+    window: int = Field(20, gt=0, description="events either side within which two engaged items co-occur")
+    power: float = Field(0.0, ge=0.0, le=1.0, description="singular-value weighting S^power of the vectors")
+    drop_top: int = Field(1, ge=0, description="leading SVD components dropped (the popularity direction)")
+    norm: float = Field(1.0, gt=0, description="mean row norm of the initialised rows")
+    seed: int = Field(0, description="seed of the randomised SVD")
+
+
+def newest_histories(train: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(items, user_index) of the engaged events in each user's newest training row, oldest first per user, with
+    repeats of the same item in a row collapsed; the user index is dense (0..users-1)."""
+    users = train.column("user_id").to_numpy()
+    ts = train.column("ts").cast(pa.int64()).to_numpy()
+    order = np.lexsort((ts, users))
+    last = order[np.r_[users[order][1:] != users[order][:-1], True]]  # the newest row of every user
+    rows = train.take(pa.array(last)).select(["seq_item_id", "seq_action"])
+    lengths = pc.list_value_length(rows.column("seq_item_id")).fill_null(0).to_numpy(zero_copy_only=False)
+    items = pc.list_flatten(rows.column("seq_item_id")).to_numpy()
+    actions = pc.list_flatten(rows.column("seq_action")).to_numpy()
+    user_index = np.repeat(np.arange(len(lengths)), lengths)
+    engaged = actions != int(Action.IMPRESSION)
+    items, user_index = items[engaged], user_index[engaged]
+    # a like / share / purchase follows the click on the same item: one engagement, not a co-occurring pair
+    repeat = np.r_[False, (items[1:] == items[:-1]) & (user_index[1:] == user_index[:-1])]
+    return items[~repeat], user_index[~repeat]
+
+
+def co_engagement_counts(items: np.ndarray, user_index: np.ndarray, n_items: int, window: int) -> torch.Tensor:
+    """Sparse symmetric [n_items, n_items] counts of engaged pairs within `window` events of each other."""
+    items = np.asarray(items, dtype=np.int64) % n_items
+    total = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64),
+                                    (n_items, n_items), check_invariants=False)
+    for k in range(1, window + 1):  # one offset at a time: memory stays at the distinct pairs, not all pairs
+        same = (user_index[k:] == user_index[:-k]) & (items[k:] != items[:-k])  # an item is not its own context
+        a, b = torch.from_numpy(items[k:][same]), torch.from_numpy(items[:-k][same])
+        pairs = torch.sparse_coo_tensor(torch.stack([torch.cat([a, b]), torch.cat([b, a])]),
+                                        torch.ones(2 * len(a), dtype=torch.float64), (n_items, n_items), check_invariants=False)
+        total = (total + pairs).coalesce()
+    return total
+
+
+def ppmi(counts: torch.Tensor) -> torch.Tensor:
+    """Positive pointwise mutual information of a sparse symmetric count matrix (zeros stay zero)."""
+    idx, val = counts.indices(), counts.values()
+    marg = torch.zeros(counts.shape[0], dtype=val.dtype).index_add_(0, idx[0], val)
+    pmi = torch.log(val * val.sum() / (marg[idx[0]] * marg[idx[1]]))
+    keep = pmi > 0
+    return torch.sparse_coo_tensor(idx[:, keep], pmi[keep], counts.shape, check_invariants=False).coalesce()
+
+
+def spectral_vectors(matrix: torch.Tensor, dim: int, power: float, drop_top: int, seed: int) -> torch.Tensor:
+    """[n, dim] = U[:, drop_top:drop_top+dim] * S^power of a randomised truncated SVD of `matrix`."""
+    q = dim + drop_top
+    if q > min(matrix.shape):
+        raise ValueError(f"item_init: embedding dim {dim} + drop_top {drop_top} exceeds the {min(matrix.shape)} items")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        U, S, _ = torch.svd_lowrank(matrix, q=min(q + 10, min(matrix.shape)), niter=6)
+    return U[:, drop_top:q] * S[drop_top:q] ** power
+
+
+def co_engagement_table(train: pa.Table, n_items: int, dim: int, cfg: ItemInitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vectors [n_items, dim] float32, engaged [n_items] bool) from the training split (module doc)."""
+    items, users = newest_histories(train)
+    counts = co_engagement_counts(items, users, n_items, cfg.window)
+    engaged = torch.zeros(n_items, dtype=torch.bool)
+    engaged[counts.indices()[0]] = True
+    if int(engaged.sum()) < dim + cfg.drop_top:
+        raise ValueError(f"item_init: only {int(engaged.sum())} items co-engaged in the training histories, "
+                         f"fewer than embedding dim + drop_top = {dim + cfg.drop_top}")
+    vec = spectral_vectors(ppmi(counts), dim, cfg.power, cfg.drop_top, cfg.seed)
+    vec = vec * (cfg.norm / vec[engaged].norm(dim=1).mean().clamp(min=1e-12))
+    return vec.float(), engaged
+
+
+def item_weight(model: Ranker) -> torch.Tensor:
+    """The unsharded model's item table (TorchRec shards copy it when DistributedModelParallel wraps the model)."""
+    return model.embedder.ec.embeddings["t_item"].weight
+
+
+@torch.no_grad()
+def initialise_items(model: Ranker, train: pa.Table, cfg: ItemInitConfig) -> int:
+    """Overwrite the engaged items' rows of the model's item table (before sharding); returns how many."""
+    if cfg.method == "random":
+        return 0
+    weight = item_weight(model)
+    vec, engaged = co_engagement_table(train, weight.shape[0], weight.shape[1], cfg)
+    weight[engaged] = vec[engaged].to(weight.dtype)
+    return int(engaged.sum())
+
+
+__all__ = ["ItemInitConfig", "co_engagement_counts", "co_engagement_table", "initialise_items", "item_weight",
+           "newest_histories", "ppmi", "spectral_vectors"]
