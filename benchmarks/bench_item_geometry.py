@@ -9,10 +9,12 @@ category), and of log popularity; chance = width / items. Then, on bench_long_ra
 >= --min-history earlier engaged events), the R^2 of the true click logit that a softmax attention (tau = --tau) over
 the newest --window events adds to the recency-weighted means + category shares (the pooling baseline's information,
 model-free), taken over each geometry: the true factors, the category centroids (an item known only by its
-category), and each model's table (rows scaled to unit norm).
+category), each model's table (rows scaled to unit norm), and with --features the co-engagement vectors the trainer's
+`item_init: {method: co_engagement}` starts from (recsys/training/item_init.py; default knobs, width --dim, computed
+from the training split of FEATURES with --validation-fraction).
 
 Usage: .venv/bin/python benchmarks/bench_item_geometry.py --data WORK/data --runs WORK/runs/pooling WORK/runs/din ...
-       [--tag _X]   (writes benchmarks/results/bench_item_geometry<tag>.json)
+       [--features WORK/features --validation-fraction 0.2] [--tag _X]   (writes benchmarks/results/bench_item_geometry<tag>.json)
 """
 from __future__ import annotations
 
@@ -32,7 +34,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import format_machine, machine_info  # noqa: E402
 from recsys.data.history_signal import category_centroids, history_signal, item_categories  # noqa: E402
 from recsys.data.item_geometry import model_item_table, probe_item_table  # noqa: E402
+from recsys.training.config import DataConfig  # noqa: E402
+from recsys.training.data import find_table_files, read_training, time_split  # noqa: E402
 from recsys.training.export import export_run, load_exported  # noqa: E402
+from recsys.training.item_init import ItemInitConfig, co_engagement_table  # noqa: E402
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -42,16 +47,24 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="simulator output the runs were trained on")
-    ap.add_argument("--runs", nargs="+", required=True, help="training run dirs (a complete checkpoint each)")
+    ap.add_argument("--runs", nargs="*", default=[], help="training run dirs (a complete checkpoint each)")
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--tau", type=float, default=2.0)
     ap.add_argument("--min-history", type=int, default=456)
+    ap.add_argument("--features", default=None, help="training table dir: add the co-engagement init vectors")
+    ap.add_argument("--validation-fraction", type=float, default=0.2, help="the runs' time split (bench_quality's)")
+    ap.add_argument("--dim", type=int, default=32, help="width of the co-engagement vectors (the models' item dim)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     machine = machine_info(["torch", "torchrec"])
     F = np.load(Path(args.data) / "truth" / "item_factors.npy").astype(np.float64)
     tables = {"true factors": F, "category centroids": category_centroids(args.data)}
     cats = item_categories(args.data, F.shape[0])
+    if args.features:
+        train = time_split(read_training(find_table_files(args.features)),
+                           DataConfig(validation_fraction=args.validation_fraction)).train
+        vec, _ = co_engagement_table(train, F.shape[0], args.dim, ItemInitConfig(method="co_engagement"))
+        tables["co-engagement init"] = vec.double().numpy()
     with tempfile.TemporaryDirectory(prefix="bench_item_geometry_") as tmp:
         for run in map(Path, args.runs):
             export_run(run, Path(tmp) / run.name)

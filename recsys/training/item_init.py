@@ -79,7 +79,8 @@ def co_engagement_counts(items: np.ndarray, user_index: np.ndarray, n_items: int
         same = (user_index[k:] == user_index[:-k]) & (items[k:] != items[:-k])  # an item is not its own context
         a, b = torch.from_numpy(items[k:][same]), torch.from_numpy(items[:-k][same])
         pairs = torch.sparse_coo_tensor(torch.stack([torch.cat([a, b]), torch.cat([b, a])]),
-                                        torch.ones(2 * len(a), dtype=torch.float64), (n_items, n_items), check_invariants=False)
+                                        torch.ones(2 * len(a), dtype=torch.float64), (n_items, n_items),
+                                        check_invariants=False)
         total = (total + pairs).coalesce()
     return total
 
