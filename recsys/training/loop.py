@@ -46,7 +46,6 @@ from recsys.models.registry import build_model
 from recsys.training import checkpoint as ckpt
 from recsys.training import data as tdata
 from recsys.training.config import TrainConfig, check_device_support, resolve_device
-from recsys.training.item_init import initialise_items
 from recsys.training.distributed import (
     DistContext,
     all_reduce_int,
@@ -56,6 +55,7 @@ from recsys.training.distributed import (
     init_distributed,
     shutdown,
 )
+from recsys.training.item_init import initialise_items
 from recsys.training.optimizers import apply_embedding_optimizer, lr_factor, make_dense_optimizer
 
 METRICS_FILE = "metrics.jsonl"
