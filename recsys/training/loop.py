@@ -232,11 +232,12 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
         raise ValueError("data.validation_fraction/validation_start: the time split leaves no training rows")
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     model = build_training_model(cfg, spec)
-    if latest is None and cfg.item_init.method != "random":  # a resumed run loads its trained table instead
+    if latest is None:  # a resumed run loads its trained table instead
         t0 = time.perf_counter()
-        rows = initialise_items(model, split.train, cfg.item_init)
-        log(ctx, f"item_init={cfg.item_init.method}: {rows} item rows from the training histories "
-                 f"({time.perf_counter() - t0:.1f}s)")
+        rows = initialise_items(model, split.train, cfg.item_init)  # 0 rows with method random
+        if rows:
+            log(ctx, f"item_init={cfg.item_init.method}: {rows} item rows from the training histories "
+                     f"({time.perf_counter() - t0:.1f}s)")
     dmp, optimizer, dense, plan = shard_for_training(model, cfg, device)
     from recsys.training.sharding import plan_summary
 
