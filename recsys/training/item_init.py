@@ -34,11 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.distributed as dist
 from pydantic import Field
 
 from recsys.config import StrictModel
 from recsys.data.schemas import Action
 from recsys.models.base import Ranker
+from recsys.training.distributed import broadcast_object
 
 
 class ItemInitConfig(StrictModel):
@@ -127,11 +129,28 @@ def item_weight(model: Ranker) -> torch.Tensor:
 
 @torch.no_grad()
 def initialise_items(model: Ranker, train: pa.Table, cfg: ItemInitConfig) -> int:
-    """Overwrite the engaged items' rows of the model's item table (before sharding); returns how many."""
+    """Overwrite the engaged items' rows of the model's item table (before sharding); returns how many.
+
+    Under a process group of several ranks, rank 0 computes and broadcasts: every shard then starts from one bitwise
+    copy (the randomised SVD's float sums need not agree across ranks with different thread counts), and the other
+    ranks skip the count + SVD and its memory. A failure on rank 0 is re-raised on every rank, never a hang."""
     if cfg.method == "random":
         return 0
     weight = item_weight(model)
-    vec, engaged = co_engagement_table(train, weight.shape[0], weight.shape[1], cfg)
+    shared = dist.is_initialized() and dist.get_world_size() > 1
+    result: tuple[torch.Tensor, torch.Tensor] | Exception | None = None
+    if not shared or dist.get_rank() == 0:
+        try:
+            result = co_engagement_table(train, weight.shape[0], weight.shape[1], cfg)
+        except Exception as err:  # noqa: BLE001 - handed to every rank below
+            if not shared:
+                raise
+            result = err
+    if shared:
+        result = broadcast_object(result)
+    if isinstance(result, Exception):
+        raise result
+    vec, engaged = result
     weight[engaged] = vec[engaged].to(weight.dtype)
     return int(engaged.sum())
 

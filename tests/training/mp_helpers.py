@@ -131,6 +131,16 @@ def train_steps_only(rank: int, world: int, job: dict) -> None:
     train_worker(job)
 
 
+def train_expecting_value_error(rank: int, world: int, job: dict, out: str) -> None:
+    """Run the real worker function; each rank writes the ValueError it raised to OUT/error_{rank}.txt."""
+    from recsys.training.loop import train_worker
+
+    try:
+        train_worker(job)
+    except ValueError as err:
+        (Path(out) / f"error_{rank}.txt").write_text(str(err))
+
+
 def lmn_row_wise_memory_steps(rank: int, world: int, out: str) -> None:
     """Three training steps of tests/models/test_lmn.py's LMN with its memory table row-wise sharded (through the
     trainer's own optimizer registration and DMP wrapping), ranks seeing different history lengths (so different

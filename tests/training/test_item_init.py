@@ -148,3 +148,19 @@ def test_trainer_starts_from_the_init_on_row_wise_shards(train_data, spec_dict, 
     np.testing.assert_allclose(got[engaged].numpy(), vec[engaged].numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(got[~engaged].numpy(), fresh[~engaged].numpy(), atol=1e-6, rtol=0)
     assert not np.allclose(got[engaged].numpy(), fresh[engaged].numpy(), atol=1e-3)
+
+
+def test_a_failed_init_raises_on_every_rank(train_data, spec_dict, tmp_path):
+    """Rank 0 computes the init and broadcasts it; when it fails (here: more components dropped than items engaged),
+    every rank raises the same error instead of waiting on the broadcast."""
+    from tests.training.mp_helpers import spawn, train_config
+
+    cfg = train_config("row_wise", max_steps=1, item_init={"method": "co_engagement", "drop_top": 100000})
+    run = tmp_path / "run"
+    run.mkdir()
+    files = sorted((train_data / "training").glob("*.parquet"))
+    job = {"config": cfg.model_dump(mode="json"), "spec": spec_dict, "files": [str(p) for p in files],
+           "run_dir": str(run), "resume": False}
+    spawn(2, "train_expecting_value_error", job=job, out=str(tmp_path))
+    errors = [(tmp_path / f"error_{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == errors[1] and "fewer than embedding dim + drop_top" in errors[0]
