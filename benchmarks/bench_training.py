@@ -93,7 +93,7 @@ def bench_workers(data: Path, work: Path, steps: int) -> dict:
 
 
 def _batches(data: Path, spec: BatchSpec, n: int, bs: int):
-    table = read_training(find_table_files(data))
+    table = read_training(find_table_files(data), spec.max_len)
     rows = rank_rows(table.num_rows, 0, 1, 0, 0, True)
     import pyarrow as pa
 
@@ -124,14 +124,14 @@ def bench_fused_vs_plain_and_bf16(data: Path, steps: int, rounds: int, quick: bo
     ctx = init_distributed(torch.device("cpu"))
     out: dict = {}
     try:
-        table = read_training(find_table_files(data))
+        files = find_table_files(data)
         big = {"item": 500_000 if quick else 2_000_000, "user": 200_000 if quick else 500_000}
 
         def cfg_for(name: str, precision: str, extra: list[str]) -> tuple[TrainConfig, BatchSpec]:
             cfg = load_config(TrainConfig, ROOT / f"configs/{name}.yaml", [
                 "device=cpu", f"precision={precision}", "data.max_len=64", "data.batch_size=256",
                 f"data.vocab_sizes={{item: {big['item']}, user: {big['user']}}}", *extra])
-            return cfg, make_spec(table, cfg.data)
+            return cfg, make_spec(files, cfg.data)
 
         # --- fused DMP vs plain nn.Embedding + AdamW ----------------------------------------------------------
         cfg, spec = cfg_for("pooling", "fp32", [])

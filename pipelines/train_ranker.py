@@ -72,7 +72,7 @@ def _load_config(config: Path | None, run_dir: Path, resume: bool, overrides: li
 def prepare_run(config: Path | None, data: Path, out: Path, resume: bool, overrides: list[str] | None) -> dict[str, Any]:
     """Everything the workers need, as a plain (picklable) job dict; writes config.yaml and batch_spec.json."""
     from recsys.training.checkpoint import latest_checkpoint
-    from recsys.training.data import make_spec, read_training
+    from recsys.training.data import make_spec
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def prepare_run(config: Path | None, data: Path, out: Path, resume: bool, overri
     if resume and spec_path.exists():
         spec = json.loads(spec_path.read_text())
     else:
-        s = make_spec(read_training(files), cfg.data)
+        s = make_spec(files, cfg.data)
         spec = {"max_len": s.max_len, "vocab_sizes": dict(s.vocab_sizes)}
         spec_path.write_text(json.dumps(spec, indent=1))
     dump_config(cfg, out / "config.yaml")

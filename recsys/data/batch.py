@@ -161,7 +161,7 @@ def _ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return rep_starts + within
 
 
-def _tail_lists(col: pa.ChunkedArray | pa.Array, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def tail_lists(col: pa.ChunkedArray | pa.Array, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Values and lengths of the last `max_len` elements of each list (vectorised)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
@@ -189,12 +189,12 @@ def build_batch(rows: pa.Table | pa.RecordBatch, spec: BatchSpec) -> RankingBatc
 
     seq_vals, seq_lens = [], None
     for k in SEQ_KEYS:
-        v, lens = _tail_lists(rows.column(k), spec.max_len)
+        v, lens = tail_lists(rows.column(k), spec.max_len)
         if seq_lens is not None and not np.array_equal(lens, seq_lens):
             raise ValueError(f"sequence column '{k}' has lengths that differ from '{SEQ_KEYS[0]}'")
         seq_lens = lens
         seq_vals.append(torch.from_numpy(v.astype(np.int64) % spec.size(k)))
-    gap, gap_lens = _tail_lists(rows.column("seq_time_gap"), spec.max_len)
+    gap, gap_lens = tail_lists(rows.column("seq_time_gap"), spec.max_len)
     if not np.array_equal(gap_lens, seq_lens):
         raise ValueError("sequence column 'seq_time_gap' has lengths that differ from 'seq_item_id'")
     item = col("item_id").astype(np.int64)

@@ -3,8 +3,11 @@ and hand each rank its deterministic share of shuffled batches.
 
 Why pyarrow per worker (not Ray Data): every rank needs the same time split and the same per-epoch permutation so
 that a resumed run replays exactly the batches it would have seen; a seeded permutation over row indices gives that
-with no coordination. Each rank reads only the columns the batch builder needs; memory is the table's size per
-worker (fine up to a few million rows at L<=256; beyond that, read row groups by rank — not implemented).
+with no coordination. Each rank reads only the columns the batch builder needs, one row group at a time, and keeps
+only the newest `max_len` events of every history (what the batch builder would keep): memory per worker is the
+table at the models' history length, not at the length the feature pipeline stored (a 2000-event feature table read
+for an L=64 model holds 64 events per row). Beyond a few million rows at the models' length, reading row groups by
+rank would be the next step (not implemented). The driver only scans the id columns for the vocabulary sizes.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys.data.batch import BatchSpec, RankingBatch, build_batch
+from recsys.data.batch import BatchSpec, RankingBatch, build_batch, tail_lists
 from recsys.data.io import DataError, check_schema
 from recsys.data.schemas import TRAINING
 from recsys.training.config import DataConfig
@@ -51,23 +54,58 @@ def find_table_files(path: str | Path) -> list[Path] | None:
     return None
 
 
-def read_training(files: list[Path]) -> pa.Table:
+SEQ_COLUMNS = [c for c in COLUMNS if c.startswith("seq_")]
+
+
+def _open(f: Path) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(f)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{f}: not a readable parquet file ({e})") from None
+    check_schema(pf.schema_arrow, TRAINING, str(f), COLUMNS)
+    return pf
+
+
+def iter_row_groups(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
+    """Every file's row groups in file order, `columns` only (each file validated against the training schema)."""
+    for f in files:
+        pf = _open(f)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i, columns=columns)
+
+
+def keep_newest(table: pa.Table, max_len: int) -> pa.Table:
+    """The newest `max_len` events of every history column (the batch builder's truncation, done at read time)."""
+    if len(table) == 0 or pc.max(pc.list_value_length(table.column(SEQ_COLUMNS[0]))).as_py() <= max_len:
+        return table
+    for c in SEQ_COLUMNS:
+        col = table.column(c)
+        try:
+            values, lens = tail_lists(col, max_len)
+        except ValueError as e:
+            raise DataError(f"training table column '{c}': {e}") from None
+        offsets = pa.array(np.r_[0, np.cumsum(lens)], pa.int32())
+        table = table.set_column(table.schema.get_field_index(c), c,
+                                 pa.ListArray.from_arrays(offsets, pa.array(values, col.type.value_type)))
+    return table
+
+
+def read_training(files: list[Path], max_len: int | None = None) -> pa.Table:
+    """The training table's columns from `files`; with `max_len`, histories cut to their newest max_len events."""
     parts = []
     for f in files:
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{f}: not a readable parquet file ({e})") from None
-        check_schema(pf.schema_arrow, TRAINING, str(f), COLUMNS)
+        pf = _open(f)
         cols = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in pf.schema_arrow.names]
-        parts.append(pf.read(columns=cols).cast(pa.schema([TRAINING.field(c) for c in cols])))
-    try:
-        table = pa.concat_tables(parts)
-    except pa.ArrowInvalid:  # optional columns in some files only: keep what every file has
-        table = pa.concat_tables([t.select(COLUMNS) for t in parts])
-    if table.num_rows == 0:
+        schema = pa.schema([TRAINING.field(c) for c in cols])
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i, columns=cols)
+            parts.append((t if max_len is None else keep_newest(t, max_len)).cast(schema))
+    if not parts or sum(len(t) for t in parts) == 0:
         raise DataError(f"{files[0].parent}: training table has no rows")
-    return table
+    try:
+        return pa.concat_tables(parts)
+    except pa.ArrowInvalid:  # optional columns in some files only: keep what every file has
+        return pa.concat_tables([t.select(COLUMNS) for t in parts])
 
 
 def infer_vocab_sizes(table: pa.Table) -> dict[str, int]:
@@ -89,8 +127,13 @@ def infer_vocab_sizes(table: pa.Table) -> dict[str, int]:
     return out
 
 
-def make_spec(table: pa.Table, cfg: DataConfig) -> BatchSpec:
-    sizes = infer_vocab_sizes(table)
+def make_spec(files: list[Path], cfg: DataConfig) -> BatchSpec:
+    """Vocabulary sizes from a scan of the id columns, one row group at a time (full histories: an id that only
+    occurs beyond max_len still sizes its table), plus the config's overrides."""
+    sizes = {v: 1 for v in VOCAB_COLUMNS}
+    for t in iter_row_groups(files, [c for cols in VOCAB_COLUMNS.values() for c in cols]):
+        for vocab, n in infer_vocab_sizes(t).items():
+            sizes[vocab] = max(sizes[vocab], n)
     if cfg.vocab_sizes:
         sizes.update(cfg.vocab_sizes)
     return BatchSpec(max_len=cfg.max_len, vocab_sizes=sizes)

@@ -227,14 +227,14 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
         torch.set_num_threads(threads)
     tune_malloc()  # large activations reuse heap pages instead of mmap/munmap per step (recsys/allocator.py)
     seed_everything(cfg.seed)  # same on every rank: identical dense init (DDP also broadcasts rank 0's)
-    split = tdata.time_split(tdata.read_training(files), cfg.data)
+    split = tdata.time_split(tdata.read_training(files, spec.max_len), cfg.data)
     if split.train.num_rows == 0:
         raise ValueError("data.validation_fraction/validation_start: the time split leaves no training rows")
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     model = build_training_model(cfg, spec)
     if latest is None:  # a resumed run loads its trained table instead
         t0 = time.perf_counter()
-        rows = initialise_items(model, split.train, cfg.item_init)  # 0 rows with method random
+        rows = initialise_items(model, files, split.boundary_ms, cfg.item_init)  # 0 rows with method random
         if rows:
             log(ctx, f"item_init={cfg.item_init.method}: {rows} item rows from the training histories "
                      f"({time.perf_counter() - t0:.1f}s)")

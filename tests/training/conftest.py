@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from recsys.training.config import DataConfig
-from recsys.training.data import find_table_files, make_spec, read_training
+from recsys.training.data import find_table_files, make_spec
 from tests.training.synth import write_training_table
 
 
@@ -17,5 +17,5 @@ def train_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def spec_dict(train_data) -> dict:
-    s = make_spec(read_training(find_table_files(train_data)), DataConfig(max_len=16))
+    s = make_spec(find_table_files(train_data), DataConfig(max_len=16))
     return {"max_len": s.max_len, "vocab_sizes": dict(s.vocab_sizes)}

@@ -118,7 +118,8 @@ def test_config_names_the_field():
 @pytest.mark.slow
 def test_trainer_starts_from_the_init_on_row_wise_shards(train_data, spec_dict, tmp_path):
     """2 workers, item table row-wise sharded, one step at a negligible embedding lr: the exported item table holds
-    the co-engagement vectors in the engaged rows and the seed's random init in the others."""
+    the co-engagement vectors in the engaged rows and the seed's random init in the others. The models see 4 events
+    (the trainer's table is cut to them), the init the whole stored histories (up to 12)."""
     from recsys.models.registry import build_model
     from recsys.training.data import find_table_files, read_training, time_split
     from recsys.training.export import export_run, load_exported
@@ -128,7 +129,8 @@ def test_trainer_starts_from_the_init_on_row_wise_shards(train_data, spec_dict, 
     from tests.training.mp_helpers import spawn, train_config
 
     cfg = train_config("row_wise", max_steps=1, item_init={"method": "co_engagement", "window": 4},
-                       optimizer={"embedding_lr": 1e-9, "lr": 1e-9})
+                       optimizer={"embedding_lr": 1e-9, "lr": 1e-9}, data={"batch_size": 32, "max_len": 4})
+    spec_dict = dict(spec_dict, max_len=4)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
@@ -164,3 +166,28 @@ def test_a_failed_init_raises_on_every_rank(train_data, spec_dict, tmp_path):
     spawn(2, "train_expecting_value_error", job=job, out=str(tmp_path))
     errors = [(tmp_path / f"error_{r}.txt").read_text() for r in range(2)]
     assert errors[0] == errors[1] and "fewer than embedding dim + drop_top" in errors[0]
+
+
+def test_newest_rows_from_files_equal_the_split_path(tmp_path):
+    """The init reads each user's newest pre-boundary row straight from the files (two projected passes over row
+    groups); it picks the rows the in-memory split picks, ties in time included."""
+    import pyarrow.parquet as pq
+
+    from recsys.training.config import DataConfig
+    from recsys.training.data import read_training, time_split
+    from recsys.training.item_init import newest_training_rows
+    from tests.training.synth import training_rows
+
+    files = []
+    for i in range(2):
+        t = training_rows(300, seed=i, max_len=12)
+        ts = t.column("ts").cast(pa.int64()).to_numpy() // 7000 * 7000  # 7 rows per timestamp: ties
+        t = t.set_column(t.schema.get_field_index("ts"), "ts", pa.array(ts, pa.timestamp("ms", tz="UTC")))
+        files.append(tmp_path / f"part-{i}.parquet")
+        pq.write_table(t, files[-1], row_group_size=41)
+    split = time_split(read_training(files), DataConfig(validation_fraction=0.3))
+    want_items, want_users = newest_histories(split.train)
+    got_items, got_users = newest_histories(newest_training_rows(files, split.boundary_ms))
+    assert len(want_items) > 500
+    np.testing.assert_array_equal(got_items, want_items)
+    np.testing.assert_array_equal(got_users, want_users)
