@@ -14,6 +14,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# Imported before any process group exists, on purpose: torch.distributed.optim's zero_redundancy_optimizer binds
+# `dist.group.WORLD` as a default argument when first imported (torch 2.13), and TorchRec imports it while sharding.
+# Imported after init_process_group, that default keeps the group (its gloo threads, rank 0's TCPStore server) alive
+# past destroy_process_group until interpreter teardown, where it intermittently aborted workers (SIGABRT,
+# "terminate called without an active exception"). tests/training/test_process_group_release.py holds the line.
+import torch.distributed.optim  # noqa: F401,E402
+
 
 @dataclass
 class DistContext:

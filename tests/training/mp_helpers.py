@@ -141,6 +141,35 @@ def train_expecting_value_error(rank: int, world: int, job: dict, out: str) -> N
         (Path(out) / f"error_{rank}.txt").write_text(str(err))
 
 
+def thread_names() -> list[str]:
+    """Names of this process's native threads (Linux /proc)."""
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{t}/comm").read_text().strip())
+        except OSError:  # the thread ended while we listed
+            pass
+    return sorted(names)
+
+
+def train_then_release(rank: int, world: int, job: dict, out: str) -> None:
+    """Train through the real worker function, tear the process group down, and write the native threads still
+    running to OUT/threads_{rank}.json; then join a fresh group so the harness can tear down as usual."""
+    import gc
+    import json
+
+    from recsys.training.loop import train_worker
+
+    train_worker(job)
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+    (Path(out) / f"threads_{rank}.json").write_text(json.dumps(thread_names()))
+    # a file store: a group that outlived its destroy would still hold the TCP port
+    dist.init_process_group("gloo", store=dist.FileStore(str(Path(out) / "rejoin.store"), world), rank=rank,
+                            world_size=world, timeout=dt.timedelta(seconds=120))
+
+
 def lmn_row_wise_memory_steps(rank: int, world: int, out: str) -> None:
     """Three training steps of tests/models/test_lmn.py's LMN with its memory table row-wise sharded (through the
     trainer's own optimizer registration and DMP wrapping), ranks seeing different history lengths (so different
