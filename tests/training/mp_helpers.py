@@ -16,6 +16,7 @@ from recsys.data.batch import BatchSpec, build_batch
 from recsys.training import checkpoint as ckpt
 from recsys.training.config import TrainConfig
 from recsys.training.data import find_table_files, read_training
+from recsys.training.distributed import release_group
 from recsys.training.loop import build_training_model, shard_for_training
 from recsys.training.sharding import plan_summary
 
@@ -36,7 +37,7 @@ def _entry(rank: int, world: int, port: int, fn_name: str, kwargs: dict[str, Any
         globals()[fn_name](rank=rank, world=world, **kwargs)
         dist.barrier()  # no rank tears gloo down while another still has a collective in flight
     finally:
-        dist.destroy_process_group()
+        release_group()
 
 
 def spawn(world: int, fn_name: str, **kwargs: Any) -> None:
@@ -152,21 +153,17 @@ def thread_names() -> list[str]:
     return sorted(names)
 
 
-def train_then_release(rank: int, world: int, job: dict, out: str) -> None:
-    """Train through the real worker function, tear the process group down, and write the native threads still
-    running to OUT/threads_{rank}.json; then join a fresh group so the harness can tear down as usual."""
-    import gc
+def work_then_release(rank: int, world: int, work: str, threads_dir: str, **kwargs: Any) -> None:
+    """Run helper `work` of this module, tear the process group down, and write the native threads still running to
+    THREADS_DIR/threads_{rank}.json; then join a fresh group so the harness can tear down as usual."""
     import json
 
-    from recsys.training.loop import train_worker
-
-    train_worker(job)
+    globals()[work](rank=rank, world=world, **kwargs)
     dist.barrier()
-    dist.destroy_process_group()
-    gc.collect()
-    (Path(out) / f"threads_{rank}.json").write_text(json.dumps(thread_names()))
+    release_group()  # what the harness and the trainer's own shutdown do; no extra collection here
+    (Path(threads_dir) / f"threads_{rank}.json").write_text(json.dumps(thread_names()))
     # a file store: a group that outlived its destroy would still hold the TCP port
-    dist.init_process_group("gloo", store=dist.FileStore(str(Path(out) / "rejoin.store"), world), rank=rank,
+    dist.init_process_group("gloo", store=dist.FileStore(str(Path(threads_dir) / "rejoin.store"), world), rank=rank,
                             world_size=world, timeout=dt.timedelta(seconds=120))
 
 
