@@ -153,6 +153,15 @@ class _Progress:
                 bar.stop()
 
 
+def ray_runtime_env(threads: int) -> dict[str, Any]:
+    """Every Ray worker of a training job: no token auth, `threads` intra-op threads, and our process setup first
+    (recsys.training.distributed.prepare_worker_process: before Ray Train builds the process group)."""
+    return {
+        "env_vars": {"RAY_AUTH_MODE": "disabled", "RECSYS_THREADS_PER_WORKER": str(threads), "OMP_NUM_THREADS": str(threads)},
+        "worker_process_setup_hook": "recsys.training.distributed.prepare_worker_process",
+    }
+
+
 def _run_ray(job: dict[str, Any], workers: int, use_gpu: bool) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -168,7 +177,7 @@ def _run_ray(job: dict[str, Any], workers: int, use_gpu: bool) -> None:
     cores = os.cpu_count() or 1
     threads = int(os.environ.get("RECSYS_THREADS_PER_WORKER") or max(1, cores // workers))  # intra-op threads per worker
     try:
-        runtime_env = {"env_vars": {"RAY_AUTH_MODE": "disabled", "RECSYS_THREADS_PER_WORKER": str(threads), "OMP_NUM_THREADS": str(threads)}}
+        runtime_env = ray_runtime_env(threads)
         if os.environ.get("RAY_ADDRESS"):  # an existing cluster: it owns its resources and temp dirs
             ray.init(runtime_env=runtime_env, log_to_driver=True)
         else:

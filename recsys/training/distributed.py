@@ -57,6 +57,12 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> DistCont
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_group=owns)
 
 
+def prepare_worker_process() -> None:
+    """Ray's `worker_process_setup_hook` for training jobs (pipelines/train_ranker.py): Ray Train creates the process
+    group before it loads our train function, so this module's torch.distributed.optim import must happen at worker
+    start instead. Importing this module is the whole effect."""
+
+
 def release_group() -> None:
     """Destroy the default process group now, with its gloo threads and rank 0's TCPStore server.
 
