@@ -56,14 +56,18 @@ class ItemInitConfig(StrictModel):
     seed: int = Field(0, description="seed of the randomised SVD")
 
 
+def newest_row_per_user(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Index of each user's newest row, users ascending; among rows tied in time the last one (a stable sort)."""
+    order = np.lexsort((ts, users))
+    return order[np.r_[users[order][1:] != users[order][:-1], True]]
+
+
 def newest_histories(train: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(items, user_index) of the engaged events in each user's newest training row, oldest first per user, with
     repeats of the same item in a row collapsed; the user index is dense (0..users-1)."""
     users = train.column("user_id").to_numpy()
     ts = train.column("ts").cast(pa.int64()).to_numpy()
-    order = np.lexsort((ts, users))
-    last = order[np.r_[users[order][1:] != users[order][:-1], True]]  # the newest row of every user
-    rows = train.take(pa.array(last)).select(["seq_item_id", "seq_action"])
+    rows = train.take(pa.array(newest_row_per_user(users, ts))).select(["seq_item_id", "seq_action"])
     lengths = pc.list_value_length(rows.column("seq_item_id")).fill_null(0).to_numpy(zero_copy_only=False)
     items = pc.list_flatten(rows.column("seq_item_id")).to_numpy()
     actions = pc.list_flatten(rows.column("seq_action")).to_numpy()
@@ -135,10 +139,9 @@ def newest_training_rows(files: list[Path], boundary_ms: int) -> pa.Table:
 
     keys = [(t.column("user_id").to_numpy(), ts_ms(t)) for t in iter_row_groups(files, ["user_id", "ts"])]
     users, ts = np.concatenate([k[0] for k in keys]), np.concatenate([k[1] for k in keys])
-    before = np.flatnonzero(ts < boundary_ms)
-    order = before[np.lexsort((ts[before], users[before]))]  # stable: ties keep file order, as the split does
+    before = np.flatnonzero(ts < boundary_ms)  # ties keep file order, as the split's stable sort does
     chosen = np.zeros(len(users), dtype=bool)
-    chosen[order[np.r_[users[order][1:] != users[order][:-1], True]]] = True
+    chosen[before[newest_row_per_user(users[before], ts[before])]] = True
     parts, start = [], 0
     for t in iter_row_groups(files, ["user_id", "ts", "seq_item_id", "seq_action"]):
         parts.append(t.filter(pa.array(chosen[start:start + len(t)])))
