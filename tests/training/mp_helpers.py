@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ def train_config(sharding: str, **over: Any) -> TrainConfig:
     }
     d.update(over)
     return TrainConfig.model_validate(d)
+
+
+def worker_job(cfg: TrainConfig, spec: dict, data_dir: str | Path, run_dir: Path) -> dict[str, Any]:
+    """The job dict `train_worker` takes, as pipelines/train_ranker.prepare_run builds it (run dir with config.yaml and
+    batch_spec.json, so the run can be exported), over the training table in DATA_DIR."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a superset of JSON
+    (run_dir / "batch_spec.json").write_text(json.dumps(spec))
+    return {"config": cfg.model_dump(mode="json"), "spec": spec, "files": [str(p) for p in find_table_files(data_dir)],
+            "run_dir": str(run_dir), "resume": False}
 
 
 def eval_rows(data_dir: str, n: int = 48):
@@ -156,8 +167,6 @@ def thread_names() -> list[str]:
 def work_then_release(rank: int, world: int, work: str, threads_dir: str, **kwargs: Any) -> None:
     """Run helper `work` of this module, tear the process group down, and write the native threads still running to
     THREADS_DIR/threads_{rank}.json; then join a fresh group so the harness can tear down as usual."""
-    import json
-
     globals()[work](rank=rank, world=world, **kwargs)
     dist.barrier()
     release_group()  # what the harness and the trainer's own shutdown do; no extra collection here

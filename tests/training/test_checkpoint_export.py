@@ -2,7 +2,6 @@
 artifact loads in a plain process (no process group) with the same logits."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from recsys.training.checkpoint import latest_checkpoint, read_meta
 from recsys.training.export import export_run
-from tests.training.mp_helpers import spawn, train_config
+from tests.training.mp_helpers import spawn, train_config, worker_job
 
 PLAIN_SCORER = r"""
 import sys, numpy as np, torch.distributed as dist
@@ -29,12 +28,8 @@ print(info.version)
 @pytest.mark.slow
 def test_checkpoint_reshard_and_export(train_data, spec_dict, tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
     cfg = train_config("table_wise", max_steps=6, checkpoint_every_steps=4, log_every_steps=2)
-    (run / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a superset of JSON
-    (run / "batch_spec.json").write_text(json.dumps(spec_dict))
-    files = [str(p) for p in sorted((train_data / "training").glob("*.parquet"))]
-    job = {"config": cfg.model_dump(mode="json"), "spec": spec_dict, "files": files, "run_dir": str(run), "resume": False}
+    job = worker_job(cfg, spec_dict, train_data, run)
     # 2 workers train (table-wise), then the checkpoint is read back into 2 workers (column-wise): reference logits
     a = tmp_path / "a.npy"
     spawn(2, "train_then_logits", job=job, data_dir=str(train_data), spec=spec_dict, sharding="column_wise", out=str(a))

@@ -2,7 +2,6 @@
 brute-force count, planted item groups come out as neighbourhoods, and the trainer's sharded table starts from it."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -126,23 +125,17 @@ def test_trainer_starts_from_the_init_on_row_wise_shards(train_data, spec_dict, 
     from recsys.training.item_init import item_weight
     from recsys.training.loop import seed_everything
     from recsys.data.batch import BatchSpec
-    from tests.training.mp_helpers import spawn, train_config
+    from tests.training.mp_helpers import spawn, train_config, worker_job
 
     cfg = train_config("row_wise", max_steps=1, item_init={"method": "co_engagement", "window": 4},
                        optimizer={"embedding_lr": 1e-9, "lr": 1e-9}, data={"batch_size": 32, "max_len": 4})
     spec_dict = dict(spec_dict, max_len=4)
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
-    (run / "batch_spec.json").write_text(json.dumps(spec_dict))
-    files = sorted((train_data / "training").glob("*.parquet"))
-    job = {"config": cfg.model_dump(mode="json"), "spec": spec_dict, "files": [str(p) for p in files],
-           "run_dir": str(run), "resume": False}
-    spawn(2, "train_steps_only", job=job)
+    spawn(2, "train_steps_only", job=worker_job(cfg, spec_dict, train_data, run))
     export_run(run, tmp_path / "model")
     got = item_weight(load_exported(tmp_path / "model").model).detach()
 
-    train = time_split(read_training(files), cfg.data).train
+    train = time_split(read_training(find_table_files(train_data)), cfg.data).train
     vec, engaged = co_engagement_table(train, got.shape[0], got.shape[1], cfg.item_init)
     seed_everything(cfg.seed)
     fresh = item_weight(build_model(cfg.model, BatchSpec(**spec_dict))).detach()
@@ -155,14 +148,10 @@ def test_trainer_starts_from_the_init_on_row_wise_shards(train_data, spec_dict, 
 def test_a_failed_init_raises_on_every_rank(train_data, spec_dict, tmp_path):
     """Rank 0 computes the init and broadcasts it; when it fails (here: more components dropped than items engaged),
     every rank raises the same error instead of waiting on the broadcast."""
-    from tests.training.mp_helpers import spawn, train_config
+    from tests.training.mp_helpers import spawn, train_config, worker_job
 
     cfg = train_config("row_wise", max_steps=1, item_init={"method": "co_engagement", "drop_top": 100000})
-    run = tmp_path / "run"
-    run.mkdir()
-    files = sorted((train_data / "training").glob("*.parquet"))
-    job = {"config": cfg.model_dump(mode="json"), "spec": spec_dict, "files": [str(p) for p in files],
-           "run_dir": str(run), "resume": False}
+    job = worker_job(cfg, spec_dict, train_data, tmp_path / "run")
     spawn(2, "train_expecting_value_error", job=job, out=str(tmp_path))
     errors = [(tmp_path / f"error_{r}.txt").read_text() for r in range(2)]
     assert errors[0] == errors[1] and "fewer than embedding dim + drop_top" in errors[0]

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.training.mp_helpers import spawn, train_config
+from tests.training.mp_helpers import spawn, train_config, worker_job
 
 GROUP_THREADS = {"pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv"}
 
@@ -29,11 +29,6 @@ def test_no_process_group_threads_after_sharded_steps(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="native thread names are read from Linux /proc")
 def test_no_process_group_threads_after_the_trainer(train_data, spec_dict, tmp_path):
-    cfg = train_config("row_wise", max_steps=2)
-    run = tmp_path / "run"
-    run.mkdir()
-    files = sorted((train_data / "training").glob("*.parquet"))
-    job = {"config": cfg.model_dump(mode="json"), "spec": spec_dict, "files": [str(p) for p in files],
-           "run_dir": str(run), "resume": False}
+    job = worker_job(train_config("row_wise", max_steps=2), spec_dict, train_data, tmp_path / "run")
     spawn(2, "work_then_release", work="train_steps_only", threads_dir=str(tmp_path), job=job)
     assert _threads_left(tmp_path) == {0: set(), 1: set()}
