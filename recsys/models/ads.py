@@ -38,6 +38,9 @@ The personalized sequence h and the PCRG weights depend on the user/request only
 - `match_bias` (not in the paper; on in configs/, off by default so models exported before it load unchanged): each
   query adds a learnable score to history items in the candidate's category (recsys/layers/match_bias.py: SIM's
   hard-search signal as an attention bias).
+- `interaction` (not in the paper; "none" default, older exports): "dot" adds the pooling baseline's DLRM dot
+  interaction (recsys/layers/dot_interaction.py) over the head's vectors: user, domain, each query's attention output
+  and the candidate's item and category (needs seq_dim == embedding.dim), so the head has what the baseline's has.
 Evaluation is per domain (AUC/GAUC per domain and overall) in the training pipeline's metrics, as for every model.
 """
 from __future__ import annotations
@@ -46,12 +49,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from recsys.config import StrictModel
 from recsys.data.batch import BatchSpec, Candidates, RankingBatch
 from recsys.layers.adaptive_domain import PCRG, PSRG
+from recsys.layers.dot_interaction import DotInteraction
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
 from recsys.layers.match_bias import CategoryMatchBias
@@ -76,6 +80,14 @@ class ADSConfig(StrictModel):
     recency_bias: bool = Field(False, description="learnable attention bias per query and log2 distance-from-newest bucket")
     attention_mass: bool = Field(False, description="feed each query's attention mass log(1 + sum exp score) to the head")
     match_bias: bool = Field(False, description="learnable attention bias per query for history items in the candidate's category")
+    interaction: Literal["none", "dot"] = Field("none", description="the pooling baseline's DLRM dot interaction, over the head's vectors and each query's attention output")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ADSConfig":
+        if self.interaction == "dot" and self.seq_dim != self.embedding.dim:
+            raise ValueError(f"interaction: dot needs seq_dim ({self.seq_dim}) == embedding.dim ({self.embedding.dim}): "
+                             "the attention outputs are dotted with the embeddings")
+        return self
 
 
 @dataclass
@@ -102,7 +114,10 @@ class ADSRanker(Ranker):
             self.seq_in = nn.Linear(4 * d, s)
         self.psrg = PSRG(s, cond, cfg.generator_hidden, cfg.psrg_depth, cfg.combine, cfg.psrg_residual)
         self.pcrg = PCRG(2 * d, s, cond, cfg.generator_hidden, cfg.n_queries, cfg.combine)
-        self.head = MLP(cfg.n_queries * (s + int(cfg.attention_mass)) + 4 * d + self.embedder.n_cross, cfg.hidden)
+        # dot vectors: user, domain, each query's attention output, candidate item and category
+        self.dot = DotInteraction(4 + cfg.n_queries) if cfg.interaction == "dot" else None
+        n_dot = self.dot.out_dim if self.dot is not None else 0
+        self.head = MLP(cfg.n_queries * (s + int(cfg.attention_mass)) + 4 * d + self.embedder.n_cross + n_dot, cfg.hidden)
         self.recency = RecencyBias(cfg.n_queries) if cfg.recency_bias else None
         self.match = CategoryMatchBias(cfg.n_queries) if cfg.match_bias else None
 
@@ -141,7 +156,10 @@ class ADSRanker(Ranker):
         att = masked_target_attention(q, state.seq, state.seq, state.mask, bias, return_mass=self.cfg.attention_mass)
         parts = [att[0].view(B, C, Q * s), att[1].view(B, C, Q)] if self.cfg.attention_mass else [att.view(B, C, Q * s)]
         ctx = torch.cat([state.user, state.domain], -1).unsqueeze(1).expand(-1, C, -1)
-        return self.head(torch.cat([*parts, item, cat, ctx] + ([cross] if cross is not None else []), -1)).squeeze(-1)
+        parts += [item, cat, ctx] + ([cross] if cross is not None else [])
+        if self.dot is not None:  # parts[0] = the queries' outputs
+            parts.append(self.dot([*ctx.split(s, -1), *parts[0].split(s, -1), item, cat]))
+        return self.head(torch.cat(parts, -1)).squeeze(-1)
 
     def score(self, state: ADSState, candidates: Candidates) -> torch.Tensor:
         c = self.embedder.embed_candidates(candidates)

@@ -28,6 +28,12 @@ the simulator's (and a real user's) short-term interest does; the unit itself ha
 [ours] `weight_norm`: "none" (the paper), "softmax", or "mean" (divide the weighted sum by the history length).
 Default "mean": the paper's histories are short; with L up to 2000 the unnormalised sum scales with L, so its
 magnitude would track history length rather than interest intensity. "none" remains available.
+[ours] `interaction` ("none" default, the paper's head; configs/din.yaml: "dot"): the pooling baseline's DLRM dot
+interaction (recsys/layers/dot_interaction.py) over the head's embedding vectors — (pooled history when `profile` is
+"sum"), user, domain, the attended interest's item / category / (action) parts, candidate item and category. The
+paper's DIN is its base model (Embedding&MLP) with the sum-pooling replaced by the activation unit; with `profile:
+sum` and `interaction: dot` DIN keeps that relation to our baseline, which has DLRM's dots (configs/pooling.yaml),
+so the comparison isolates the target attention instead of a head the baseline has and DIN lacks.
 Two-stage: `encode_user` caches the history embeddings, mask and pooled user vector; `score` runs the activation unit
 for C candidates (batched, `score_chunk` at a time to bound the [B, C, L, 8e] activation-unit input).
 """
@@ -41,6 +47,7 @@ from pydantic import Field
 
 from recsys.config import StrictModel
 from recsys.data.batch import BatchSpec, Candidates, RankingBatch
+from recsys.layers.dot_interaction import DotInteraction
 from recsys.layers.embedding import EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
 from recsys.layers.recency_bias import RecencyBias
@@ -58,6 +65,7 @@ class DINConfig(StrictModel):
     profile: Literal["concat", "sum", "none"] = Field("concat", description="whole-history summary in the head")
     recency_bias: bool = Field(False, description="learned weight per log2 distance-from-newest bucket added to the activation unit")
     attention_len: int | None = Field(None, gt=0, description="newest events the activation unit reads (None = all)")
+    interaction: Literal["none", "dot"] = Field("none", description="the pooling baseline's DLRM dot interaction, over the head's vectors and the attended interest")
     score_chunk: int = Field(128, gt=0, description="candidates per activation-unit pass in score()")
 
 
@@ -81,8 +89,11 @@ class DINRanker(Ranker):
         p = {"concat": 2 * e + a, "sum": e, "none": 0}[cfg.profile]
         self.unit = MLP(8 * e + a, cfg.attention_hidden, 1)
         self.recency = RecencyBias(1) if cfg.recency_bias else None
-        # [interest (2e + a), profile (p), user, domain, candidate (2e), cross]
-        self.mlp = MLP(6 * e + a + p + self.embedder.n_cross, cfg.hidden)
+        # dot vectors: (pooled history if profile "sum"), user, domain, interest item/category/(action), candidate item/category
+        n_vec = (cfg.profile == "sum") + 6 + cfg.history_action
+        self.dot = DotInteraction(n_vec) if cfg.interaction == "dot" else None
+        # [interest (2e + a), profile (p), user, domain, candidate (2e), cross, (dots)]
+        self.mlp = MLP(6 * e + a + p + self.embedder.n_cross + (self.dot.out_dim if self.dot else 0), cfg.hidden)
 
     def _state(self, e) -> DINState:
         keys = ["seq_item_id", "seq_category"] + (["seq_action"] if self.cfg.history_action else [])
@@ -122,7 +133,12 @@ class DINRanker(Ranker):
             w = w / valid.sum(-1, keepdim=True).clamp(min=1).to(w.dtype)
         interest = torch.matmul(w, s.hist)  # [B, C, 2e (+e)]
         prof = s.profile.unsqueeze(1).expand(-1, v.shape[1], -1)
-        return self.mlp(torch.cat([interest, prof, v] + ([cross] if cross is not None else []), -1)).squeeze(-1)
+        parts = [interest, prof, v] + ([cross] if cross is not None else [])
+        if self.dot is not None:
+            e = v.shape[-1] // 2
+            own = prof[..., -3 * e :] if self.cfg.profile == "sum" else prof[..., -2 * e :]  # (pooled), user, domain
+            parts.append(self.dot([*own.split(e, -1), *interest.split(e, -1), *v.split(e, -1)]))
+        return self.mlp(torch.cat(parts, -1)).squeeze(-1)
 
     def forward(self, batch: RankingBatch, return_aux: bool = False):
         e = self.embedder(batch)

@@ -1,7 +1,7 @@
 """Sum-pooling + MLP baseline (DLRM-style): the history is mean-pooled, concatenated with the user, domain and
 candidate embeddings (and the embedder's user x candidate cross features, when `embedding.category_share` is set)
 and fed to an MLP. The floor every sequence model must beat.
-`interaction: dot` adds DLRM's interaction (Naumov et al. 2019; torchrec.models.dlrm.InteractionArch): the pairwise
+`interaction: dot` adds DLRM's interaction (Naumov et al. 2019; recsys/layers/dot_interaction.py): the pairwise
 dot products of the five embedding vectors (pooled history as DLRM's "dense" vector; user, domain, candidate item and
 candidate category as its sparse features), 10 scalars appended to the MLP input. Why: an MLP over concatenated
 embeddings approximates a dot product poorly (Rendle et al., RecSys'20), and the simulator's click logit is a dot
@@ -15,10 +15,10 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torchrec.models.dlrm import InteractionArch
 
 from recsys.config import StrictModel
 from recsys.data.batch import BatchSpec, Candidates, RankingBatch
+from recsys.layers.dot_interaction import DotInteraction
 from recsys.layers.embedding import EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
 from recsys.models.base import Ranker
@@ -44,8 +44,8 @@ class PoolingRanker(Ranker):
         self.cfg = cfg
         d = cfg.embedding.dim
         self.embedder = SparseEmbedder(spec, cfg.embedding)
-        self.dot = InteractionArch(num_sparse_features=4) if cfg.interaction == "dot" else None
-        self.mlp = MLP(5 * d + self.embedder.n_cross + (10 if self.dot is not None else 0), cfg.hidden)
+        self.dot = DotInteraction(5) if cfg.interaction == "dot" else None
+        self.mlp = MLP(5 * d + self.embedder.n_cross + (self.dot.out_dim if self.dot is not None else 0), cfg.hidden)
 
     def _user_vec(self, e) -> torch.Tensor:
         return torch.cat([e.pooled_history(), e.user, e.domain], -1)
@@ -54,9 +54,7 @@ class PoolingRanker(Ranker):
         """u [..., 3d] (pooled history, user, domain), item / cat [..., d], cross [..., n] -> logits [...]."""
         parts = [u, item, cat] + ([cross] if cross is not None else [])
         if self.dot is not None:
-            d = item.shape[-1]
-            sparse = torch.stack([u[..., d : 2 * d], u[..., 2 * d :], item, cat], -2).reshape(-1, 4, d)
-            parts.append(self.dot(u[..., :d].reshape(-1, d), sparse)[:, d:].view(*item.shape[:-1], -1))
+            parts.append(self.dot([*u.split(item.shape[-1], -1), item, cat]))
         return self.mlp(torch.cat(parts, -1)).squeeze(-1)
 
     def encode_user(self, batch: RankingBatch) -> PoolingState:

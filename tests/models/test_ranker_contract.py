@@ -31,7 +31,8 @@ ON = {"recency_bias": True, "attention_mass": True, "match_bias": True}  # off b
 OPTIONS = {*ON, "history_action", "attention_len", "profile", "interaction"}  # dropped by build(options=False)
 TINY: dict[str, dict] = {
     "pooling": {"hidden": [16], "interaction": "dot"},
-    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True, "attention_len": 8, "profile": "sum", "recency_bias": True},
+    "din": {"attention_hidden": [16], "hidden": [16], "history_action": True, "attention_len": 8, "profile": "sum", "recency_bias": True,
+            "interaction": "dot"},
     "transformer": {"d_model": 16, "heads": 2, "item_dim": 8, "layers": 2, "head_hidden": [16]},
     # merge_k=4 over histories of up to 24 items -> up to 6 merged tokens, recent_k=3 of them as queries
     "longer": {"d_model": 16, "heads": 2, "item_dim": 8, "merge_k": 4, "recent_k": 3, "self_layers": 2, "head_hidden": [16],
@@ -39,8 +40,9 @@ TINY: dict[str, dict] = {
     "lmn": {
         "memory": {"n_keys": 16, "key_dim": 16, "value_dim": 8, "top_k": 4, "topk_per_axis": 4, "table_name": "t_lmn_memory"},
         "query_hidden": [16], "att_dim": 8, "hidden": [32], **ON, "history_action": True, "profile": "sum",
+        "interaction": "dot",
     },
-    "ads": {"seq_dim": 8, "generator_hidden": 16, "hidden": [32], **ON},
+    "ads": {"seq_dim": 8, "generator_hidden": 16, "hidden": [32], **ON, "interaction": "dot"},
 }
 NAMES = sorted(MODELS)
 
