@@ -13,6 +13,13 @@ from torch import nn
 from torchrec.models.dlrm import InteractionArch
 
 
+def check_dot_widths(interaction: str, field: str, width: int, dim: int) -> None:
+    """Config check for heads that dot a model's own vectors (`field`, of `width`) with embeddings of width `dim`."""
+    if interaction == "dot" and width != dim:
+        raise ValueError(f"interaction: dot needs {field} ({width}) == embedding.dim ({dim}): "
+                         "the attention outputs are dotted with the embeddings")
+
+
 class DotInteraction(nn.Module):
     """n vectors of width d -> their n(n-1)/2 pairwise dot products (no parameters)."""
 
@@ -36,4 +43,4 @@ class DotInteraction(nn.Module):
         return self.arch(stacked[:, 0], stacked[:, 1:])[:, d:].reshape(*lead, self.out_dim)
 
 
-__all__ = ["DotInteraction"]
+__all__ = ["DotInteraction", "check_dot_widths"]

@@ -33,7 +33,10 @@ interaction (recsys/layers/dot_interaction.py) over the head's embedding vectors
 "sum"), user, domain, the attended interest's item / category / (action) parts, candidate item and category. The
 paper's DIN is its base model (Embedding&MLP) with the sum-pooling replaced by the activation unit; with `profile:
 sum` and `interaction: dot` DIN keeps that relation to our baseline, which has DLRM's dots (configs/pooling.yaml),
-so the comparison isolates the target attention instead of a head the baseline has and DIN lacks.
+so the comparison isolates the target attention instead of a head the baseline has and DIN lacks. Measured
+(bench_quality, concurrent topics, 12000 users, L=64, seeds 0-2): truth AUC vs the dot pooling baseline of the same
+seed, with the dots +0.0012 / -0.0006 / -0.0026 (mean -0.0007), without them -0.0021 / -0.0032 / -0.0032 (mean -0.0030):
+the dots gain on every seed (results/bench_quality_concurrent_L64_12k_dindot.json).
 Two-stage: `encode_user` caches the history embeddings, mask and pooled user vector; `score` runs the activation unit
 for C candidates (batched, `score_chunk` at a time to bound the [B, C, L, 8e] activation-unit input).
 """

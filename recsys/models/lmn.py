@@ -74,7 +74,7 @@ from torch import nn
 
 from recsys.config import StrictModel
 from recsys.data.batch import BatchSpec, Candidates, RankingBatch
-from recsys.layers.dot_interaction import DotInteraction
+from recsys.layers.dot_interaction import DotInteraction, check_dot_widths
 from recsys.layers.embedding import EmbeddedBatch, EmbeddingSettings, SparseEmbedder
 from recsys.layers.mlp import MLP
 from recsys.layers.match_bias import CategoryMatchBias
@@ -106,9 +106,7 @@ class LMNConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "LMNConfig":
-        if self.interaction == "dot" and self.att_dim != self.embedding.dim:
-            raise ValueError(f"interaction: dot needs att_dim ({self.att_dim}) == embedding.dim ({self.embedding.dim}): "
-                             "the attention outputs are dotted with the embeddings")
+        check_dot_widths(self.interaction, "att_dim", self.att_dim, self.embedding.dim)
         return self
 
 
