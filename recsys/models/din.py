@@ -96,7 +96,7 @@ class DINRanker(Ranker):
         n_vec = (cfg.profile == "sum") + 6 + cfg.history_action
         self.dot = DotInteraction(n_vec) if cfg.interaction == "dot" else None
         # [interest (2e + a), profile (p), user, domain, candidate (2e), cross, (dots)]
-        self.mlp = MLP(6 * e + a + p + self.embedder.n_cross + (self.dot.out_dim if self.dot else 0), cfg.hidden)
+        self.mlp = MLP(6 * e + a + p + self.embedder.n_cross + (self.dot.out_dim if self.dot is not None else 0), cfg.hidden)
 
     def _state(self, e) -> DINState:
         keys = ["seq_item_id", "seq_category"] + (["seq_action"] if self.cfg.history_action else [])
