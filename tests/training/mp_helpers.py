@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from recsys.config import dump_config
 from recsys.data.batch import BatchSpec, build_batch
 from recsys.training import checkpoint as ckpt
 from recsys.training.config import TrainConfig
@@ -61,7 +62,7 @@ def worker_job(cfg: TrainConfig, spec: dict, data_dir: str | Path, run_dir: Path
     """The job dict `train_worker` takes, as pipelines/train_ranker.prepare_run builds it (run dir with config.yaml and
     batch_spec.json, so the run can be exported), over the training table in DATA_DIR."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a superset of JSON
+    dump_config(cfg, run_dir / "config.yaml")
     (run_dir / "batch_spec.json").write_text(json.dumps(spec))
     return {"config": cfg.model_dump(mode="json"), "spec": spec, "files": [str(p) for p in find_table_files(data_dir)],
             "run_dir": str(run_dir), "resume": False}
