@@ -36,7 +36,9 @@ sum` and `interaction: dot` DIN keeps that relation to our baseline, which has D
 so the comparison isolates the target attention instead of a head the baseline has and DIN lacks. Measured
 (bench_quality, concurrent topics, 12000 users, L=64, seeds 0-2): truth AUC vs the dot pooling baseline of the same
 seed, with the dots +0.0012 / -0.0006 / -0.0026 (mean -0.0007), without them -0.0021 / -0.0032 / -0.0032 (mean -0.0030):
-the dots gain on every seed (results/bench_quality_concurrent_L64_12k_dindot.json).
+the dots gain on every seed (results/bench_quality_concurrent_L64_12k_dindot.json). Default simulator, L=2000, seeds
+0-2: with the dots +0.0002 mean, without -0.0002 (the dots move DIN -0.0017 / +0.0007 / +0.0021; within seed noise,
+benchmarks/QUALITY.md).
 Two-stage: `encode_user` caches the history embeddings, mask and pooled user vector; `score` runs the activation unit
 for C candidates (batched, `score_chunk` at a time to bound the [B, C, L, 8e] activation-unit input).
 """
