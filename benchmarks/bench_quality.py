@@ -2,10 +2,10 @@
 
 Claim (issue 4): on sequences up to 2000, AUC order LONGER, ADS, LMN above DIN above pooling; ADS per domain.
 Same budget = same training table, epochs (or steps), batch size, history length and seed for every model
-(default one pass: a second pass over the same impressions overfits the id tables of every model; measured at L=64,
-6000 users, 2 epochs: pooling's AUC 0.7655 after the first pass and 0.7539 after the second, DIN's 0.7660 -> 0.7511)
 (`recsys train --no-ray`, world size 1: the Ray workers' code path); each model keeps its own configs/<model>.yaml
 architecture and learning rates. The baseline in the same run is the pooling model.
+One pass by default: a second pass over the same impressions overfits the id tables of every model (L=64, 6000 users,
+2 epochs: pooling's AUC 0.7655 after the first pass and 0.7539 after the second, DIN's 0.7660 -> 0.7511).
 
 What the table reports, from each run's predictions.parquet (one logit per validation impression):
 - AUC / GAUC / logloss on the observed clicks, and per-domain AUC;
