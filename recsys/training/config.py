@@ -80,7 +80,9 @@ class OptimizerConfig(StrictModel):
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of the peak lr")
-    grad_clip_norm: float | None = Field(None, gt=0)
+    grad_clip_norm: float | None = Field(
+        None, gt=0, description="cap on the global L2 norm of the dense gradients per step (None = no clipping)"
+    )
 
 
 class ShardingConfig(StrictModel):

@@ -15,7 +15,8 @@ step budget is recomputed for the new global batch, and the interrupted epoch co
 under the new partition (some of that epoch's rows may repeat or be skipped).
 
 Progress: rank 0 appends JSON lines to RUN_DIR/metrics.jsonl:
-  {"kind": "train", "step", "epoch", "loss", "lr", "examples_per_s", "time"}     every log_every_steps
+  {"kind": "train", "step", "epoch", "loss", "lr", "grad_norm_max", "examples_per_s", "time"}   every log_every_steps
+  (grad_norm_max: the largest dense-gradient norm of the window, before optional clipping)
   {"kind": "eval", "step", "epoch", "final", "overall": {auc, gauc, logloss, n, ctr}, "per_domain": {d: {...}}}
 The driver tails that file for its progress bar (Ray workers only log plain lines). The final evaluation also
 writes RUN_DIR/predictions.parquet (request_id, ts, user_id, item_id, domain, label, logit per validation row),
@@ -56,7 +57,7 @@ from recsys.training.distributed import (
     shutdown,
 )
 from recsys.training.item_init import initialise_items
-from recsys.training.optimizers import apply_embedding_optimizer, lr_factor, make_dense_optimizer
+from recsys.training.optimizers import apply_embedding_optimizer, clip_dense_gradients, lr_factor, make_dense_optimizer
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.parquet"  # final validation predictions (written by rank 0)
@@ -273,7 +274,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
     final: dict[str, Any] | None = None
     saved_step = step if latest is not None else -1
     evaluated_end = False  # same value on every rank (evaluation is collective)
-    t_last, ex_last, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
+    t_last, ex_last, loss_acc, n_acc, grad_norm_max = time.perf_counter(), 0, 0.0, 0, 0.0
     while step < total_steps and epoch < cfg.epochs:
         rows = tdata.rank_rows(n_train, ctx.rank, ctx.world_size, cfg.seed, epoch, cfg.data.shuffle,
                                train_lengths, cfg.data.batch_size, cfg.data.length_bucketing)
@@ -293,8 +294,7 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
                 raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch}, batch {b})")
             optimizer.zero_grad()
             loss.backward()
-            if cfg.optimizer.grad_clip_norm and dense is not None:
-                torch.nn.utils.clip_grad_norm_([p for g in dense.param_groups for p in g["params"]], cfg.optimizer.grad_clip_norm)
+            grad_norm_max = max(grad_norm_max, clip_dense_gradients(dense, cfg.optimizer.grad_clip_norm))
             optimizer.step()
             step += 1
             batch_in_epoch = b + 1
@@ -307,9 +307,10 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
                 eps = ex_last * ctx.world_size / max(now - t_last, 1e-9)
                 if ctx.is_main:
                     append_metrics(run_dir, {"kind": "train", "step": step, "epoch": epoch, "loss": mean_loss,
-                                             "lr": cfg.optimizer.lr * factor, "examples_per_s": eps, "time": time.time(),
+                                             "lr": cfg.optimizer.lr * factor, "grad_norm_max": grad_norm_max,
+                                             "examples_per_s": eps, "time": time.time(),
                                              "total_steps": total_steps, "world_size": ctx.world_size})
-                t_last, ex_last, loss_acc, n_acc = now, 0, 0.0, 0
+                t_last, ex_last, loss_acc, n_acc, grad_norm_max = now, 0, 0.0, 0, 0.0
             if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
                 _save(run_dir, step, epoch, batch_in_epoch, dmp, optimizer, cfg, ctx)
                 saved_step = step

@@ -118,6 +118,22 @@ def make_dense_optimizer(params: list[torch.Tensor], cfg: OptimizerConfig) -> Op
     return AdamPP(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
+def clip_dense_gradients(dense: Optimizer | None, max_norm: float | None) -> float:
+    """Global L2 norm of the dense gradients before clipping; scales them to at most max_norm when it is set.
+
+    Why: one oversized step late in warmup-to-peak is what sends ADS and LMN off at their lr (benchmarks/QUALITY.md,
+    clipping rows), and the logged norm is how such a step shows in metrics.jsonl. Embedding tables are not here:
+    FBGEMM applies their update inside the backward, so their gradients never materialise. Under DDP the dense
+    gradients are already all-reduced, so every rank computes the same norm and the same scale.
+    """
+    params = [p for g in (dense.param_groups if dense is not None else []) for p in g["params"] if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm is None:
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
 def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
     """Linear warmup to 1, then cosine to min_lr_ratio at total_steps (constant schedule: warmup then 1)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:

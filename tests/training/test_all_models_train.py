@@ -28,8 +28,8 @@ def test_model_trains_under_dmp_and_exports(name, train_data, tmp_path):
     final = run_training(f"configs/{name}.yaml", train_data, run, use_ray=False, overrides=[
         "max_steps=3", "log_every_steps=1", "checkpoint_every_steps=2", "data.max_len=16", "data.batch_size=32",
         "data.eval_batch_size=256", "data.validation_fraction=0.05", "device=cpu", *sets])
-    losses = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
-    assert len(losses) == 3 and all(0 < x < 5 for x in losses)
+    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert len(recs) == 3 and all(0 < r["loss"] < 5 and r["grad_norm_max"] > 0 for r in recs)
     assert final is not None and final["step"] == 3 and final["overall"]["n"] == 200
     export_run(run, tmp_path / "model")
     assert load_exported(tmp_path / "model").info.model_name == name

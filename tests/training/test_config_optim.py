@@ -1,4 +1,4 @@
-"""Fast checks: config errors name the field, Adam on CPU is refused clearly, Adam++ and the schedule behave."""
+"""Fast checks: config errors name the field, Adam on CPU is refused clearly, Adam++, the schedule and clipping behave."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from recsys.config import ConfigError, load_config, validate
 from recsys.training.config import OptimizerConfig, TrainConfig, check_device_support
-from recsys.training.optimizers import AdamPP, lr_factor
+from recsys.training.optimizers import AdamPP, clip_dense_gradients, lr_factor
 
 POOLING = {"name": "pooling"}
 
@@ -72,6 +72,23 @@ def test_warmup_cosine_schedule():
     assert lr_factor(60, cfg, 110) == pytest.approx(0.55)
     assert lr_factor(110, cfg, 110) == pytest.approx(0.1)
     assert lr_factor(500, cfg, 110) == pytest.approx(0.1)
+
+
+def test_clip_dense_gradients_caps_the_global_norm_and_reports_it():
+    torch.manual_seed(0)
+    a, b, idle = (torch.nn.Parameter(torch.randn(n)) for n in (3, 4, 2))
+    opt = torch.optim.AdamW([{"params": [a]}, {"params": [b, idle]}])  # idle: no gradient this step
+    ga, gb = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 12.0, 0.0, 0.0])  # global norm 13
+    a.grad, b.grad = ga.clone(), gb.clone()
+    assert clip_dense_gradients(opt, None) == pytest.approx(13.0)
+    assert torch.equal(a.grad, ga) and torch.equal(b.grad, gb)  # no cap: untouched
+    assert clip_dense_gradients(opt, 100.0) == pytest.approx(13.0)
+    assert torch.equal(a.grad, ga)  # under the cap: untouched
+    assert clip_dense_gradients(opt, 1.3) == pytest.approx(13.0)
+    torch.testing.assert_close(a.grad, ga / 10, rtol=1e-5, atol=0)  # one scale for every group
+    torch.testing.assert_close(b.grad, gb / 10, rtol=1e-5, atol=0)
+    assert idle.grad is None
+    assert clip_dense_gradients(None, 1.0) == 0.0  # a model without dense parameters
 
 
 def test_adam_pp_step_size_grows_and_solves_least_squares():
