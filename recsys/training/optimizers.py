@@ -129,9 +129,10 @@ def clip_dense_gradients(dense: Optimizer | None, max_norm: float | None) -> flo
     params = [p for g in (dense.param_groups if dense is not None else []) for p in g["params"] if p.grad is not None]
     if not params:
         return 0.0
-    if max_norm is None:
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return float(norm)
 
 
 def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
