@@ -76,7 +76,10 @@ class OptimizerConfig(StrictModel):
     dense: Literal["adamw", "adam_pp"] = Field("adamw", description="adam_pp = Adam++ (arXiv 2412.19444)")
     lr: float = Field(1e-3, gt=0, description="dense peak learning rate (Adam++: the initial step size eta_0)")
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999),
+        description="Adam's (beta1, beta2); the rankers ship beta2 0.99: with 0.999 their loss spiked at steps 800-1400",
+    )
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of the peak lr")
