@@ -78,7 +78,7 @@ class OptimizerConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = Field(
         (0.9, 0.999),
-        description="Adam's (beta1, beta2); pooling, DIN, ADS, LMN, LONGER configs use beta2 0.99 (0.999 spiked)",
+        description="Adam's (beta1, beta2); the pooling, DIN, ADS and LMN configs use beta2 0.99 (0.999 spiked)",
     )
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
