@@ -121,8 +121,9 @@ def make_dense_optimizer(params: list[torch.Tensor], cfg: OptimizerConfig) -> Op
 def clip_dense_gradients(dense: Optimizer | None, max_norm: float | None) -> float:
     """Global L2 norm of the dense gradients before clipping; scales them to at most max_norm when it is set.
 
-    Why: rare oversized steps at the peak rate are what set ADS back (its loss spikes: benchmarks/QUALITY.md, clipping
-    rows), and the logged norm is how such a step shows in metrics.jsonl. Embedding tables are not here:
+    Why: a cap bounds rare oversized steps (ADS's loss spikes at Adam beta2 0.999: benchmarks/QUALITY.md, clipping rows;
+    the shipped configs avoid them with beta2 0.99 instead), and the logged norm is how such a step shows in
+    metrics.jsonl. Embedding tables are not here:
     FBGEMM applies their update inside the backward, so their gradients never materialise. Under DDP the dense
     gradients are already all-reduced, so every rank computes the same norm and the same scale.
     """
