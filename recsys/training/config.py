@@ -47,7 +47,8 @@ class DataConfig(StrictModel):
     vocab_sizes: dict[str, int] | None = Field(
         None, description="item/category/action/domain/user table sizes; default: max id + 1 seen in the data"
     )
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="shuffle the rows each epoch; false: train in time order (the table is "
+                          "time-sorted; length bucketing then reorders only within its windows), as streaming training does")
     length_bucketing: int = Field(
         32, ge=0, description="sort rows by history length within windows of this many batches, then shuffle the "
         "batches (less padding: 2-3x faster steps on long-tailed histories); 0 = off",

@@ -173,14 +173,18 @@ def history_lengths(table: pa.Table, max_len: int) -> np.ndarray:
     return np.minimum(lens.astype(np.int64), max_len)
 
 
-def bucket_by_length(idx: np.ndarray, lengths: np.ndarray, group: int, window: int, rng: np.random.Generator) -> np.ndarray:
+def bucket_by_length(
+    idx: np.ndarray, lengths: np.ndarray, group: int, window: int, rng: np.random.Generator | None
+) -> np.ndarray:
     """Reorder `idx` so that each run of `group` consecutive rows has similar history lengths.
 
     Why: every batch is padded to its longest history, so a batch of mostly short histories with one heavy user
     costs as much as one of heavy users only. Within each window of `group * window` rows (already shuffled), rows
     are sorted by length and cut into groups; the full groups are then shuffled, so the epoch is still a random
     walk over length buckets (as tf.data's bucket_by_sequence_length) and contains exactly the same rows. A trailing
-    partial group stays last, where drop_last removes it as before."""
+    partial group stays last, where drop_last removes it as before. `rng=None` (unshuffled, time-ordered training)
+    keeps the windows in their order: rows move only within their window, so the epoch stays in time order at the
+    granularity of `window` batches."""
     span = group * window
     groups: list[np.ndarray] = []
     for start in range(0, len(idx), span):
@@ -189,7 +193,7 @@ def bucket_by_length(idx: np.ndarray, lengths: np.ndarray, group: int, window: i
         groups.extend(chunk[g : g + group] for g in range(0, len(chunk), group))
     tail = [g for g in groups if len(g) < group]
     full = [g for g in groups if len(g) == group]
-    order = rng.permutation(len(full))
+    order = rng.permutation(len(full)) if rng is not None else range(len(full))
     return np.concatenate([full[i] for i in order] + tail) if groups else idx
 
 
@@ -197,14 +201,16 @@ def rank_rows(
     n: int, rank: int, world: int, seed: int, epoch: int, shuffle: bool,
     lengths: np.ndarray | None = None, batch_size: int = 0, bucket_window: int = 0,
 ) -> np.ndarray:
-    """This rank's row indices for one epoch: a seeded permutation (same on all ranks) taken with stride `world`.
+    """This rank's row indices for one epoch: a seeded permutation (same on all ranks), or with `shuffle=False` the
+    rows in table order (the training table is time-sorted), taken with stride `world`.
 
     With `lengths` and `bucket_window` > 0 the permutation is length-bucketed in groups of batch_size * world rows
     before the stride, so the ranks' batches of one step come from one group: similar lengths on every rank, and
     no rank waits for another's longer batch."""
     idx = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     if lengths is not None and bucket_window > 0 and batch_size > 0:
-        idx = bucket_by_length(idx, lengths, batch_size * world, bucket_window, np.random.default_rng([seed, epoch, 1]))
+        rng = np.random.default_rng([seed, epoch, 1]) if shuffle else None
+        idx = bucket_by_length(idx, lengths, batch_size * world, bucket_window, rng)
     return idx[rank::world]
 
 

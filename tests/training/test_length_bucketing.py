@@ -43,6 +43,20 @@ def test_ranks_share_length_groups_and_cover_the_epoch():
         assert set(step_rows) == set(full[b * group : (b + 1) * group])  # both ranks' batch b = one length group
 
 
+def test_unshuffled_bucketing_keeps_time_order_across_windows():
+    """shuffle=False means time order (the table is time-sorted): bucketing may sort rows inside a window of
+    `bucket_window` batches but never moves a row into another window."""
+    rng = np.random.default_rng(2)
+    n, bs, window = 5_000, 16, 4
+    lengths = rng.integers(1, 1000, n)
+    rows = rank_rows(n, 0, 1, seed=0, epoch=0, shuffle=False, lengths=lengths, batch_size=bs, bucket_window=window)
+    assert np.array_equal(np.sort(rows), np.arange(n))
+    span = bs * window
+    for start in range(0, n, span):  # window k holds exactly rows [k * span, (k + 1) * span)
+        assert np.array_equal(np.sort(rows[start : start + span]), np.arange(start, min(start + span, n)))
+    assert not np.array_equal(rows, np.arange(n))  # it did sort by length inside the windows
+
+
 def test_bucketing_off_is_the_plain_permutation():
     lengths = np.arange(100)
     assert np.array_equal(rank_rows(100, 0, 1, 0, 0, True, lengths, 10, 0), rank_rows(100, 0, 1, 0, 0, True))
