@@ -51,7 +51,7 @@ class DataConfig(StrictModel):
                           "time-sorted; length bucketing then reorders only within its windows), as streaming training does")
     length_bucketing: int = Field(
         32, ge=0, description="sort rows by history length within windows of this many batches, then shuffle the "
-        "batches (less padding: 2-3x faster steps on long-tailed histories); 0 = off",
+        "batches when `shuffle` is on (less padding: 2-3x faster steps on long-tailed histories); 0 = off",
     )
 
     @field_validator("vocab_sizes")
