@@ -42,4 +42,18 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 34, to
     return ok
 
 
-__all__ = ["tune_malloc"]
+def release_free_heap() -> bool:
+    """Give the heap's free pages back to the OS now (malloc_trim), whatever the trim threshold: for a one-off peak,
+    such as building the training-table cache, that the process will not reach again. True when glibc did it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
+__all__ = ["tune_malloc", "release_free_heap"]

@@ -4,23 +4,32 @@ and hand each rank its deterministic share of shuffled batches.
 Why pyarrow per worker (not Ray Data): every rank needs the same time split and the same per-epoch permutation so
 that a resumed run replays exactly the batches it would have seen; a seeded permutation over row indices gives that
 with no coordination. Each rank reads only the columns the batch builder needs, one row group at a time, and keeps
-only the newest `max_len` events of every history (what the batch builder would keep): memory per worker is the
-table at the models' history length, not at the length the feature pipeline stored (a 2000-event feature table read
-for an L=64 model holds 64 events per row). Beyond a few million rows at the models' length, reading row groups by
-rank would be the next step (not implemented). The driver only scans the id columns for the vocabulary sizes.
+only the newest `max_len` events of every history (what the batch builder would keep): the table at the models'
+history length, not at the length the feature pipeline stored (a 2000-event feature table read for an L=64 model
+holds 64 events per row). The driver only scans the id columns for the vocabulary sizes.
+
+Why one memory-mapped copy (`shared_training_table`): rank 0 writes the cut, time-sorted table once as an
+uncompressed Arrow IPC file in the run directory and every rank maps it, so the workers of one machine share its
+pages in the OS page cache instead of each holding (and, while sorting, doubling) a private copy; batches are `take`s
+from the mapped buffers. The file is keyed by the parquet files' names, sizes and mtimes and by max_len, so a resumed
+run reuses it and changed data rebuilds it.
 """
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import hashlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from recsys.allocator import release_free_heap
 from recsys.data.batch import BatchSpec, RankingBatch, build_batch, tail_lists
 from recsys.data.io import DataError, check_schema
 from recsys.data.schemas import TRAINING
@@ -108,6 +117,62 @@ def read_training(files: list[Path], max_len: int | None = None) -> pa.Table:
         return pa.concat_tables([t.select(COLUMNS) for t in parts])
 
 
+def sort_by_time(table: pa.Table) -> pa.Table:
+    """Rows in timestamp order (stable), one chunk per column: `take` over a chunked column concatenates it first,
+    so every batch drawn from a many-chunk table would copy the whole table. No copy when both already hold."""
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        return table.combine_chunks()  # zero-copy for single-chunk columns
+    return table.take(pa.array(np.argsort(ts, kind="stable")))
+
+
+def table_cache_path(files: list[Path], max_len: int | None, cache_dir: Path) -> Path:
+    """Where the cut, sorted table of `files` at `max_len` is cached: named by a hash of what it was made from."""
+    h = hashlib.sha256(f"max_len={max_len}\n".encode())
+    for f in files:
+        st = Path(f).stat()
+        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return Path(cache_dir) / f"table-{h.hexdigest()[:16]}.arrow"
+
+
+def write_table_cache(files: list[Path], max_len: int | None, path: Path) -> None:
+    """read_training + sort_by_time, written uncompressed (mappable) and renamed into place (no torn file)."""
+    table = sort_by_time(read_training(files, max_len))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)  # one record batch (sort_by_time's single chunks): mapped back unchunked
+    os.replace(tmp, path)
+    del table  # the writing rank keeps only the mapped copy, as the others do
+    pa.default_memory_pool().release_unused()
+    release_free_heap()
+
+
+def open_table_cache(path: Path) -> pa.Table:
+    """The cached table, zero-copy over a read-only memory map (the buffers keep the map alive)."""
+    return ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def shared_training_table(
+    files: list[Path], max_len: int | None, cache_dir: Path, is_main: bool, barrier: Callable[[], None]
+) -> pa.Table:
+    """The training table as every rank sees it (read_training, time-sorted), one memory-mapped copy per machine:
+    the main rank writes the cache if it is missing, then every rank maps it. Stale caches of other data are
+    removed by the main rank."""
+    path = table_cache_path(files, max_len, cache_dir)
+    if is_main:
+        for old in Path(cache_dir).glob("table-*.arrow") if Path(cache_dir).is_dir() else []:
+            if old != path:
+                old.unlink(missing_ok=True)
+        if not path.exists():
+            write_table_cache(files, max_len, path)
+    barrier()
+    if not path.exists():
+        raise DataError(f"{path}: the main rank's table cache is not visible here; every worker must see the run "
+                        "directory (a shared filesystem, as checkpoints need)")
+    return open_table_cache(path)
+
+
 def infer_vocab_sizes(table: pa.Table) -> dict[str, int]:
     """max id + 1 per vocabulary over every column that uses it (ids are taken modulo this size)."""
     out = {}
@@ -149,9 +214,8 @@ class Split:
 def time_split(table: pa.Table, cfg: DataConfig) -> Split:
     """Sort by time; validation = rows at or after `validation_start`, or the newest `validation_fraction` of the
     time range (by timestamp, so one request's rows never straddle the boundary)."""
+    table = sort_by_time(table)
     ts = table.column("ts").cast(pa.int64()).to_numpy()
-    order = np.argsort(ts, kind="stable")
-    table, ts = table.take(pa.array(order)), ts[order]
     if cfg.validation_start is not None:
         start = cfg.validation_start
         if start.tzinfo is None:

@@ -14,6 +14,9 @@ of an uninterrupted one (tested). With another worker count the checkpoint resha
 step budget is recomputed for the new global batch, and the interrupted epoch continues at the same batch index
 under the new partition (some of that epoch's rows may repeat or be skipped).
 
+Data: every rank maps one copy of the cut, time-sorted training table, which rank 0 writes to RUN_DIR/table_cache/
+(recsys/training/data.py::shared_training_table) and removes after DONE; a killed run keeps it for --resume.
+
 Progress: rank 0 appends JSON lines to RUN_DIR/metrics.jsonl:
   {"kind": "train", "step", "epoch", "loss", "lr", "grad_norm_max", "examples_per_s", "time"}   every log_every_steps
   (grad_norm_max: the largest dense-gradient norm of the window, before optional clipping)
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -61,6 +65,7 @@ from recsys.training.optimizers import apply_embedding_optimizer, clip_dense_gra
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.parquet"  # final validation predictions (written by rank 0)
+TABLE_CACHE_DIR = "table_cache"  # the mapped training table (recsys/training/data.py::shared_training_table)
 
 
 def log(ctx: DistContext | None, msg: str) -> None:
@@ -228,7 +233,8 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
         torch.set_num_threads(threads)
     tune_malloc()  # large activations reuse heap pages instead of mmap/munmap per step (recsys/allocator.py)
     seed_everything(cfg.seed)  # same on every rank: identical dense init (DDP also broadcasts rank 0's)
-    split = tdata.time_split(tdata.read_training(files, spec.max_len), cfg.data)
+    table = tdata.shared_training_table(files, spec.max_len, run_dir / TABLE_CACHE_DIR, ctx.is_main, barrier)
+    split = tdata.time_split(table, cfg.data)
     if split.train.num_rows == 0:
         raise ValueError("data.validation_fraction/validation_start: the time split leaves no training rows")
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
@@ -339,6 +345,8 @@ def _train(cfg: TrainConfig, spec: BatchSpec, run_dir: Path, files: list[Path], 
     if ctx.is_main:
         (run_dir / "DONE").write_text(json.dumps({"step": step, "total_steps": total_steps}))
     barrier()
+    if ctx.is_main:  # kept until here so that a crashed run resumes without re-reading; mapped pages outlive the unlink
+        shutil.rmtree(run_dir / TABLE_CACHE_DIR, ignore_errors=True)
     return final if ctx.is_main else None
 
 

@@ -13,7 +13,15 @@ import torch
 from recsys.data.batch import BatchSpec, build_batch
 from recsys.data.io import DataError
 from recsys.training.config import DataConfig
-from recsys.training.data import SEQ_COLUMNS, infer_vocab_sizes, make_spec, read_training
+from recsys.training.data import (
+    SEQ_COLUMNS,
+    infer_vocab_sizes,
+    make_spec,
+    read_training,
+    shared_training_table,
+    sort_by_time,
+    time_split,
+)
 from tests.training.synth import training_rows
 
 
@@ -63,3 +71,27 @@ def test_unreadable_file_is_named(tmp_path):
         read_training([bad], max_len=4)
     with pytest.raises(DataError, match="not a readable parquet file"):
         make_spec([bad], DataConfig())
+
+
+def test_shared_table_is_one_mapped_sorted_copy_rebuilt_when_the_data_changes(tmp_path):
+    files = _files(tmp_path, [training_rows(300, seed=0, max_len=12), training_rows(200, seed=1, max_len=12)])
+    cache = tmp_path / "cache"
+    expected = sort_by_time(read_training(files, max_len=5))
+    assert not expected.equals(read_training(files, max_len=5))  # the synthetic rows are not stored in time order
+    before = pa.total_allocated_bytes()
+    table = shared_training_table(files, 5, cache, is_main=True, barrier=lambda: None)
+    assert pa.total_allocated_bytes() - before < expected.nbytes / 10  # zero-copy over the map, not a private copy
+    assert table.equals(expected) and all(c.num_chunks == 1 for c in table.columns)  # `take` per batch stays O(batch)
+    split, ref = time_split(table, DataConfig()), time_split(read_training(files, max_len=5), DataConfig())
+    assert split.train.equals(ref.train) and split.validation.equals(ref.validation)
+    (path,) = cache.glob("table-*.arrow")
+    mtime = path.stat().st_mtime_ns
+    assert shared_training_table(files, 5, cache, True, lambda: None).equals(expected)
+    assert path.stat().st_mtime_ns == mtime  # reused (a resumed run does not re-read the parquet)
+    assert shared_training_table(files, 5, cache, False, lambda: None).equals(expected)  # other ranks only map it
+    pq.write_table(training_rows(100, seed=2, max_len=12), files[1])  # the data changed: rebuilt, the stale file gone
+    changed = shared_training_table(files, 5, cache, True, lambda: None)
+    assert changed.equals(sort_by_time(read_training(files, max_len=5))) and changed.num_rows == 400
+    assert [p.name for p in cache.glob("table-*.arrow")] != [path.name] and len(list(cache.glob("*.arrow"))) == 1
+    with pytest.raises(DataError, match="must see the run directory"):  # a worker on a machine without the file
+        shared_training_table(files, 7, cache, is_main=False, barrier=lambda: None)
