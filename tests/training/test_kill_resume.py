@@ -85,6 +85,7 @@ def test_sigkill_driver_then_resume(train_data, tmp_path):
     killed_at = read_meta(latest_checkpoint(run))["step"]
     assert 0 < killed_at < TOTAL, "the run finished before it could be killed: make it longer"
     assert not (run / "DONE").exists()
+    assert len(list((run / "table_cache").glob("table-*.arrow"))) == 1  # kept for the resume: both ranks mapped it
     before = _train_records(run)
 
     t1 = time.time()
@@ -113,6 +114,7 @@ def test_sigkill_driver_then_resume(train_data, tmp_path):
 
     done = json.loads((run / "DONE").read_text())
     assert done == {"step": TOTAL, "total_steps": TOTAL}
+    assert not (run / "table_cache").exists()  # removed once the run is done
     resumed = _train_records(run)[len(before):]
     steps = [r["step"] for r in resumed]
     resumed_from = read_meta(latest_checkpoint(run))  # final checkpoint
