@@ -157,15 +157,15 @@ def shared_training_table(
     files: list[Path], max_len: int | None, cache_dir: Path, is_main: bool, barrier: Callable[[], None]
 ) -> pa.Table:
     """The training table as every rank sees it (read_training, time-sorted), one memory-mapped copy per machine:
-    the main rank writes the cache if it is missing, then every rank maps it. Stale caches of other data are
-    removed by the main rank."""
+    the main rank writes the cache if it is missing, then every rank maps it. Caches of other data, and files a
+    killed writer left half-written, are removed by the main rank."""
     path = table_cache_path(files, max_len, cache_dir)
-    if is_main:
-        for old in Path(cache_dir).glob("table-*.arrow") if Path(cache_dir).is_dir() else []:
+    if is_main and Path(cache_dir).is_dir():
+        for old in [*Path(cache_dir).glob("table-*.arrow"), *Path(cache_dir).glob(".table-*.tmp")]:
             if old != path:
                 old.unlink(missing_ok=True)
-        if not path.exists():
-            write_table_cache(files, max_len, path)
+    if is_main and not path.exists():
+        write_table_cache(files, max_len, path)
     barrier()
     if not path.exists():
         raise DataError(f"{path}: the main rank's table cache is not visible here; every worker must see the run "

@@ -90,8 +90,9 @@ def test_shared_table_is_one_mapped_sorted_copy_rebuilt_when_the_data_changes(tm
     assert path.stat().st_mtime_ns == mtime  # reused (a resumed run does not re-read the parquet)
     assert shared_training_table(files, 5, cache, False, lambda: None).equals(expected)  # other ranks only map it
     pq.write_table(training_rows(100, seed=2, max_len=12), files[1])  # the data changed: rebuilt, the stale file gone
+    (cache / f".{path.name}.999.tmp").write_bytes(b"torn")  # and a writer killed mid-file leaves nothing behind
     changed = shared_training_table(files, 5, cache, True, lambda: None)
     assert changed.equals(sort_by_time(read_training(files, max_len=5))) and changed.num_rows == 400
-    assert [p.name for p in cache.glob("table-*.arrow")] != [path.name] and len(list(cache.glob("*.arrow"))) == 1
+    assert [p.name for p in cache.glob("table-*.arrow")] != [path.name] and len(list(cache.iterdir())) == 1
     with pytest.raises(DataError, match="must see the run directory"):  # a worker on a machine without the file
         shared_training_table(files, 7, cache, is_main=False, barrier=lambda: None)
